@@ -1,0 +1,267 @@
+"""Time this project's training against a bare PyTorch loop and the usual DataLoader recipe.
+
+    python scripts/benchmark.py --data-dir ../shared/data            # 5 epochs, 3 repeats
+    python scripts/benchmark.py --quick --data-dir tests/tiny_data   # a smoke run
+
+Each variant runs in a fresh process, in turn, so that all see the same machine load:
+  (a) project: `python train.py` as a user runs it (validation, images, checkpoints, test);
+  (b) bare: a loop over the same in-memory tensors with the same network, the floor;
+  (c) recipe: torchvision MNIST + ToTensor + DataLoader, sigmoid + binary_cross_entropy,
+      as in the public PyTorch VAE example.
+Seconds per epoch count training and validation; `wall` is the whole process, start-up
+included. Results go to `--out` as JSON and Markdown.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BATCH_SIZE, LR = 128, 1e-3
+
+
+def bare_loop(data_dir: str, epochs: int, val_size: int, device: str) -> dict:
+    """(b): the floor. Same data split, network, loss and optimizer as the project's default."""
+    import torch
+    from torchvision.datasets import MNIST
+
+    from vaelab.losses import bernoulli_nll, gaussian_kl
+    from vaelab.networks import Decoder, Encoder, reparameterize
+
+    torch.manual_seed(0)
+    images = MNIST(data_dir, train=True).data.unsqueeze(1).float().div(255).to(device)
+    split = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
+    val, train = images[split[:val_size]], images[split[val_size:]]
+    test = MNIST(data_dir, train=False).data.unsqueeze(1).float().div(255).to(device)
+    encoder, decoder = Encoder(784, [400], 20).to(device), Decoder(20, [400], 784).to(device)
+    params = [*encoder.parameters(), *decoder.parameters()]
+    optimizer = torch.optim.Adam(params, lr=LR)
+
+    def loss_of(x: torch.Tensor) -> torch.Tensor:
+        mean, logvar = encoder(x)
+        logits = decoder(reparameterize(mean, logvar))
+        return (bernoulli_nll(logits, x) + gaussian_kl(mean, logvar)).mean()
+
+    @torch.no_grad()
+    def evaluate(data: torch.Tensor) -> float:
+        return sum(loss_of(x).item() * len(x) for x in data.split(1000)) / len(data)
+
+    epoch_seconds = []
+    for _ in range(epochs):
+        start = time.perf_counter()
+        for idx in torch.randperm(len(train), device=device).split(BATCH_SIZE):
+            loss = loss_of(train[idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        evaluate(val)
+        epoch_seconds.append(time.perf_counter() - start)
+    return {"epoch_seconds": epoch_seconds, "test_loss": evaluate(test)}
+
+
+def usual_recipe(data_dir: str, epochs: int, val_size: int, device: str) -> dict:
+    """(c): the public PyTorch VAE example's data pipeline and loss."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+    from torch.utils.data import DataLoader, Subset
+    from torchvision import datasets, transforms
+
+    class VAE(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.fc21, self.fc22 = (
+                nn.Linear(784, 400),
+                nn.Linear(400, 20),
+                nn.Linear(400, 20),
+            )
+            self.fc3, self.fc4 = nn.Linear(20, 400), nn.Linear(400, 784)
+
+        def forward(self, x):
+            h = F.relu(self.fc1(x.view(-1, 784)))
+            mu, logvar = self.fc21(h), self.fc22(h)
+            z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+            return torch.sigmoid(self.fc4(F.relu(self.fc3(z)))), mu, logvar
+
+    def loss_function(recon_x, x, mu, logvar):
+        bce = F.binary_cross_entropy(recon_x, x.view(-1, 784), reduction="sum")
+        return bce - 0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+
+    torch.manual_seed(0)
+    full = datasets.MNIST(data_dir, train=True, transform=transforms.ToTensor())
+    split = torch.randperm(len(full), generator=torch.Generator().manual_seed(0)).tolist()
+    train_loader = DataLoader(Subset(full, split[val_size:]), batch_size=BATCH_SIZE, shuffle=True)
+    val_loader = DataLoader(Subset(full, split[:val_size]), batch_size=1000)
+    test_loader = DataLoader(
+        datasets.MNIST(data_dir, train=False, transform=transforms.ToTensor()), batch_size=1000
+    )
+    model = VAE().to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=LR)
+
+    @torch.no_grad()
+    def evaluate(loader: DataLoader) -> float:
+        total = 0.0
+        for x, _ in loader:
+            x = x.to(device)
+            recon, mu, logvar = model(x)
+            total += loss_function(recon, x, mu, logvar).item()
+        return total / len(loader.dataset)
+
+    epoch_seconds = []
+    for _ in range(epochs):
+        start = time.perf_counter()
+        model.train()
+        for x, _ in train_loader:
+            x = x.to(device)
+            optimizer.zero_grad()
+            recon, mu, logvar = model(x)
+            loss_function(recon, x, mu, logvar).backward()
+            optimizer.step()
+        model.eval()
+        evaluate(val_loader)
+        epoch_seconds.append(time.perf_counter() - start)
+    return {"epoch_seconds": epoch_seconds, "test_loss": evaluate(test_loader)}
+
+
+WORKERS = {"bare": bare_loop, "recipe": usual_recipe}
+
+
+def run(variant: str, args: argparse.Namespace, work: Path) -> dict:
+    """Run one variant in a fresh process; return its timings, test loss and peak memory."""
+    result_file = work / f"{variant}.json"
+    if variant == "project":
+        hardware = "cpu" if args.device == "cpu" else "gpu"
+        command = [
+            sys.executable, str(ROOT / "train.py"), f"data.data_dir={args.data_dir}",
+            f"data.val_size={args.val_size}", f"trainer.max_epochs={args.epochs}",
+            f"hardware={hardware}", f"hydra.run.dir={work / 'project'}",
+        ]  # fmt: skip
+    else:
+        command = [
+            sys.executable, __file__, "--worker", variant, "--data-dir", args.data_dir,
+            "--epochs", str(args.epochs), "--val-size", str(args.val_size),
+            "--device", args.device, "--out", str(result_file),
+        ]  # fmt: skip
+    start = time.perf_counter()
+    with open(work / f"{variant}.log", "w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - start
+    if status != 0:
+        sys.exit(f"{variant} failed; its output is in {work / f'{variant}.log'}")
+    if variant == "project":
+        result = _read_project_run(work / "project")
+    else:
+        result = json.loads(result_file.read_text())
+    return {**result, "wall": wall, "peak_rss_mib": usage.ru_maxrss / 1024}
+
+
+def _read_project_run(run_dir: Path) -> dict:
+    """Epoch times from the wall clock of each epoch's `train/loss` event; the test loss."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    ends = [event.wall_time for event in events.Scalars("train/loss")]
+    return {
+        "epoch_seconds": [b - a for a, b in zip(ends, ends[1:], strict=False)],
+        "test_loss": events.Scalars("test/loss")[-1].value,
+    }
+
+
+def summarize(runs: dict[str, list[dict]], args: argparse.Namespace) -> dict:
+    """Medians over repeats; per-epoch figures skip each run's first epoch (warm-up)."""
+    rows = {}
+    for variant, results in runs.items():
+        # the project's list already starts at the second epoch (differences of epoch ends)
+        skip = 0 if variant == "project" else 1
+        epoch = statistics.median(s for r in results for s in r["epoch_seconds"][skip:])
+        rows[variant] = {
+            "seconds_per_epoch": epoch,
+            "samples_per_second": (60_000 - args.val_size) / epoch,
+            "wall_seconds": statistics.median(r["wall"] for r in results),
+            "peak_rss_mib": max(r["peak_rss_mib"] for r in results),
+            "test_loss": statistics.median(r["test_loss"] for r in results),
+        }
+    a, b, c = rows["project"], rows["bare"], rows["recipe"]
+    return {
+        "machine": f"{platform.node()}: {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores, Python {platform.python_version()}",
+        "device": args.device,
+        "epochs": args.epochs,
+        "repeats": args.repeats,
+        "variants": rows,
+        "ratios": {
+            "project/bare seconds per epoch": a["seconds_per_epoch"] / b["seconds_per_epoch"],
+            "project/bare wall": a["wall_seconds"] / b["wall_seconds"],
+            "recipe/project seconds per epoch": c["seconds_per_epoch"] / a["seconds_per_epoch"],
+            "project - bare test loss": a["test_loss"] - b["test_loss"],
+        },
+    }
+
+
+def markdown(summary: dict) -> str:
+    lines = [
+        f"{summary['epochs']} epochs, {summary['repeats']} repeats, device {summary['device']}; "
+        f"{summary['machine']}",
+        "",
+        "| variant | s/epoch | samples/s | wall s | peak MiB | test loss |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in summary["variants"].items():
+        lines.append(
+            f"| {name} | {r['seconds_per_epoch']:.2f} | {r['samples_per_second']:.0f} | "
+            f"{r['wall_seconds']:.1f} | {r['peak_rss_mib']:.0f} | {r['test_loss']:.2f} |"
+        )
+    lines += ["", *(f"- {k}: {v:.3f}" for k, v in summary["ratios"].items())]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=os.environ.get("VAELAB_DATA_DIR", "data"))
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--val-size", type=int, default=5000)
+    parser.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda if present)")
+    parser.add_argument("--out", default=str(ROOT / "outputs" / "benchmark"))
+    parser.add_argument("--quick", action="store_true", help="2 epochs, 1 repeat: a smoke run")
+    parser.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.data_dir = str(Path(args.data_dir).resolve())
+    if args.worker:  # inside a child process: run one variant and report
+        result = WORKERS[args.worker](args.data_dir, args.epochs, args.val_size, args.device)
+        Path(args.out).write_text(json.dumps(result))
+        return
+    if args.device == "auto":
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.quick:
+        args.epochs, args.repeats = 2, 1
+
+    runs: dict[str, list[dict]] = {"project": [], "bare": [], "recipe": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for repeat in range(args.repeats):
+            for variant in runs:
+                work = Path(tmp) / f"{repeat}"
+                work.mkdir(exist_ok=True)
+                runs[variant].append(run(variant, args, work))
+                print(f"repeat {repeat} {variant}: {runs[variant][-1]['wall']:.1f} s", flush=True)
+    summary = summarize(runs, args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "benchmark.json").write_text(json.dumps({**summary, "runs": runs}, indent=2))
+    (out / "benchmark.md").write_text(markdown(summary))
+    print(markdown(summary))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""Lightning callbacks that show what the VAE learns."""
+
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import Tensor
+from torchvision.utils import make_grid
+
+from vaelab import UserError
+from vaelab.module import VAEModule
+
+
+class ImageLogger(L.Callback):
+    """Each validation epoch, log validation digits above their reconstructions, and samples.
+
+    The digits are the first of the validation set and the samples decode fixed draws from
+    the prior, so the images of successive epochs show the same things.
+    """
+
+    def __init__(self, num_images: int = 32, num_samples: int = 64, nrow: int = 8) -> None:
+        if num_images % nrow:
+            raise UserError(f"num_images={num_images} must be a multiple of nrow={nrow}")
+        self.num_images = num_images
+        self.num_samples = num_samples
+        self.nrow = nrow
+        self.images: Tensor | None = None
+        self.z: Tensor | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: VAEModule, stage: str) -> None:
+        noise = torch.Generator().manual_seed(0)
+        self.z = torch.randn(self.num_samples, pl_module.hparams.latent_size, generator=noise)
+
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: VAEModule,
+        outputs: Any,
+        batch: Tensor,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if batch_idx == 0:
+            self.images = batch[: self.num_images]
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: VAEModule) -> None:
+        if trainer.sanity_checking or not isinstance(trainer.logger, TensorBoardLogger):
+            return
+        writer, step = trainer.logger.experiment, trainer.global_step
+        x = self.images  # (N, 1, 28, 28)
+        pairs = torch.stack([x, pl_module.reconstruct(x)])  # (2, N, 1, 28, 28)
+        # (2, N, ...) -> (2, rows, nrow, ...) -> (rows, 2, nrow, ...) -> (2N, ...)
+        pairs = pairs.unflatten(1, (-1, self.nrow)).transpose(0, 1).flatten(0, 2)
+        writer.add_image("val/reconstructions", make_grid(pairs, self.nrow), step)
+        samples = pl_module.decode(self.z.to(pl_module.device))  # (num_samples, 1, 28, 28)
+        writer.add_image("val/samples", make_grid(samples, self.nrow), step)

@@ -1,0 +1,68 @@
+"""Shared fixtures: tiny MNIST-format files, so tests run the real loading code offline."""
+
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_TRAIN, TINY_TEST = 320, 160
+# Overrides that fit the tiny data and keep runs short and quiet.
+TINY_RUN = [
+    "data.val_size=64",
+    "data.batch_size=32",
+    "data.eval_batch_size=64",
+    "model.hidden_sizes=[32]",
+    "model.latent_size=4",
+    "trainer.max_epochs=1",
+    "callbacks.progress_bar.refresh_rate=0",
+]
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write a uint8 array in the IDX format of the MNIST files (big-endian header)."""
+    path.write_bytes(
+        struct.pack(">HBB", 0, 0x08, array.ndim)
+        + struct.pack(f">{array.ndim}I", *array.shape)
+        + array.astype(np.uint8).tobytes()
+    )
+
+
+def make_digits(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """n noisy 28x28 images whose label is the row of a bright bar, and those labels."""
+    labels = rng.integers(0, 10, n)
+    images = rng.integers(0, 40, (n, 28, 28))
+    for image, label in zip(images, labels, strict=True):
+        image[4 + 2 * label : 6 + 2 * label, 4:24] = 255
+    return images, labels
+
+
+@pytest.fixture(scope="session")
+def tiny_mnist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data folder holding MNIST/raw/ with 320 training and 160 test images."""
+    root = tmp_path_factory.mktemp("data")
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", TINY_TRAIN), ("t10k", TINY_TEST)):
+        images, labels = make_digits(n, rng)
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+    return root
+
+
+def run_train(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """Run `python train.py ARGS` as a user would, with downloads made to fail at once."""
+    offline = {"HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **offline},
+        timeout=300,
+    )

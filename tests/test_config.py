@@ -1,0 +1,113 @@
+"""Every option of every config group composes and builds its object."""
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import ConfigCompositionException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, open_dict
+
+from vaelab import UserError
+from vaelab.config import check_types
+
+from .conftest import ROOT
+
+CONF = ROOT / "conf"
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir())
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def compose_train(overrides: list[str], output_dir: Path) -> DictConfig:
+    """The config `python train.py OVERRIDES` would run, with its Hydra runtime set."""
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("train", [*overrides, f"hydra.runtime.output_dir={output_dir}"], True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg.hydra
+    return cfg
+
+
+def test_the_groups_are_the_documented_ones() -> None:
+    assert GROUPS == ["callbacks", "data", "hardware", "logger", "model", "trainer"]
+    assert options("hardware") == ["auto", "cpu", "gpu"]
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_option_builds(group: str, option: str, tmp_path: Path) -> None:
+    cfg = compose_train([f"{group}={option}"], tmp_path)
+    check_types(cfg)
+    if group == "hardware":
+        if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
+            pytest.skip("no GPU here; the trainer settings are checked in test_gpu_settings")
+        built = instantiate(cfg.trainer)
+        assert isinstance(built, L.Trainer)
+    elif group == "callbacks":
+        built = [instantiate(c) for c in cfg.callbacks.values()]
+        assert all(isinstance(c, L.Callback) for c in built)
+    else:
+        built = instantiate(cfg[group])
+        assert type(built).__name__ == cfg[group]._target_.rsplit(".", 1)[-1]
+
+
+def test_gpu_settings(tmp_path: Path) -> None:
+    trainer = compose_train(["hardware=gpu"], tmp_path).trainer
+    assert (trainer.accelerator, trainer.devices, trainer.precision) == ("gpu", 1, "32-true")
+
+
+def test_cpu_trainer(tmp_path: Path) -> None:
+    trainer = instantiate(compose_train(["hardware=cpu"], tmp_path).trainer)
+    assert type(trainer.accelerator).__name__ == "CPUAccelerator"
+    assert trainer.max_epochs == 10 and trainer.num_devices == 1
+
+
+def test_overrides_reach_the_objects(tmp_path: Path) -> None:
+    cfg = compose_train(["model.latent_size=7", "model.hidden_sizes=[64,32]"], tmp_path)
+    model = instantiate(cfg.model)
+    assert model.hparams.latent_size == 7 and model.hparams.hidden_sizes == [64, 32]
+    assert model.encoder.mean.out_features == 7
+
+
+def test_runs_write_into_the_run_folder(tmp_path: Path) -> None:
+    cfg = compose_train([], tmp_path)
+    assert Path(instantiate(cfg.logger).log_dir) == tmp_path
+    assert cfg.callbacks.checkpoint.dirpath == f"{tmp_path}/checkpoints"
+
+
+def test_data_dir_comes_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VAELAB_DATA_DIR", "/somewhere/else")
+    assert compose_train([], tmp_path).data.data_dir == "/somewhere/else"
+    monkeypatch.delenv("VAELAB_DATA_DIR")
+    assert compose_train([], tmp_path).data.data_dir == "data"
+
+
+def test_a_misspelt_key_is_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ConfigCompositionException, match="latnt_size"):
+        compose_train(["model.latnt_size=3"], tmp_path)
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("model.latent_size=abc", "model.latent_size='abc'.*int"),
+        ("model.hidden_sizes=[400,x]", "model.hidden_sizes=.*Sequence\\[int\\]"),
+        ("model.beta=true", "model.beta=True.*float"),
+        ("data.batch_size=1.5", "data.batch_size=1.5.*int"),
+        ("trainer.precision=bf17", "trainer.precision='bf17'"),
+    ],
+)
+def test_a_wrong_type_is_named(override: str, message: str, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=message):
+        check_types(compose_train([override], tmp_path))
+
+
+def test_an_int_is_a_valid_float(tmp_path: Path) -> None:
+    check_types(compose_train(["model.lr=1", "model.beta=4"], tmp_path))

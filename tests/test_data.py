@@ -1,0 +1,61 @@
+"""The MNIST DataModule on tiny MNIST-format files."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from vaelab import UserError
+from vaelab.data import MNIST_FILES, InMemoryBatches, MNISTDataModule
+
+from .conftest import TINY_TEST, TINY_TRAIN
+
+
+def test_splits_and_pixels(tiny_mnist: Path) -> None:
+    dm = MNISTDataModule(str(tiny_mnist), batch_size=32, val_size=64)
+    dm.setup("fit")
+    assert dm.train_images.shape == (TINY_TRAIN - 64, 1, 28, 28)
+    assert dm.val_images.shape == (64, 1, 28, 28)
+    assert dm.test_images.shape == (TINY_TEST, 1, 28, 28)
+    assert dm.train_images.dtype == torch.float32
+    assert dm.train_images.min() == 0 and dm.train_images.max() == 1
+    # train and val are disjoint parts of the training file
+    everything = torch.cat([dm.train_images, dm.val_images]).flatten(1)
+    assert len(everything.unique(dim=0)) == TINY_TRAIN
+
+
+def test_split_does_not_depend_on_the_seed(tiny_mnist: Path) -> None:
+    first, second = (
+        MNISTDataModule(str(tiny_mnist), seed=1),
+        MNISTDataModule(str(tiny_mnist), seed=2),
+    )
+    first.setup("fit"), second.setup("fit")
+    assert torch.equal(first.val_images, second.val_images)
+
+
+def test_each_epoch_is_a_new_permutation_of_all_examples() -> None:
+    data = torch.arange(100.0).view(100, 1)
+    batches = InMemoryBatches(data, batch_size=32, shuffle=True, seed=0)
+    assert len(batches) == 4
+    epochs = [torch.cat(list(batches)).flatten() for _ in range(2)]
+    assert [len(b) for b in batches] == [32, 32, 32, 4]
+    for epoch in epochs:
+        assert torch.equal(epoch.sort().values, data.flatten())
+    assert not torch.equal(epochs[0], epochs[1])
+    again = InMemoryBatches(data, batch_size=32, shuffle=True, seed=0)
+    assert torch.equal(torch.cat(list(again)).flatten(), epochs[0])
+
+
+def test_evaluation_batches_keep_their_order() -> None:
+    data = torch.arange(10.0).view(10, 1)
+    assert torch.equal(torch.cat(list(InMemoryBatches(data, 4, shuffle=False))), data)
+
+
+def test_missing_files_give_one_clear_message(tmp_path: Path) -> None:
+    dm = MNISTDataModule(str(tmp_path))
+    with pytest.raises(UserError) as error:
+        dm.setup("fit")
+    message = str(error.value)
+    assert str(tmp_path / "MNIST" / "raw") in message
+    assert all(name in message for name in MNIST_FILES)
+    assert "data.data_dir" in message and "VAELAB_DATA_DIR" in message

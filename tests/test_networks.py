@@ -1,0 +1,87 @@
+"""The plain-torch networks and the LightningModule's inference methods."""
+
+import pytest
+import torch
+
+from vaelab import UserError
+from vaelab.module import VAEModule
+from vaelab.networks import Decoder, Encoder, reparameterize
+
+
+def test_shapes() -> None:
+    encoder, decoder = Encoder(784, [64, 32], 5), Decoder(5, [32, 64], 784)
+    mean, logvar = encoder(torch.rand(3, 1, 28, 28))
+    assert mean.shape == logvar.shape == (3, 5)
+    assert decoder(reparameterize(mean, logvar)).shape == (3, 784)
+
+
+def test_reparameterize_has_the_right_moments() -> None:
+    torch.manual_seed(0)
+    mean, logvar = (
+        torch.full((200_000, 1), 2.0),
+        torch.full((200_000, 1), 2 * torch.log(torch.tensor(3.0))),
+    )
+    z = reparameterize(mean, logvar)
+    assert z.mean().item() == pytest.approx(2.0, abs=0.03)
+    assert z.std().item() == pytest.approx(3.0, abs=0.03)
+
+
+def test_gradients_reach_the_encoder_through_the_sample() -> None:
+    torch.manual_seed(0)
+    model = VAEModule(hidden_sizes=[16], latent_size=3)
+    x = torch.rand(4, 1, 28, 28)
+    logits, mean, logvar = model(x)
+    logits.sum().backward()  # the decoder's output only: the KL term is left out on purpose
+    for head in (model.encoder.mean, model.encoder.logvar, model.encoder.body[0]):
+        assert head.weight.grad is not None and head.weight.grad.abs().sum() > 0
+
+
+def test_inference_methods() -> None:
+    model = VAEModule(hidden_sizes=[16, 8], latent_size=3)
+    x = torch.rand(5, 1, 28, 28)
+    mean, logvar = model.encode(x)
+    assert mean.shape == logvar.shape == (5, 3)
+    recon = model.reconstruct(x)
+    assert recon.shape == (5, 1, 28, 28) and 0 <= recon.min() and recon.max() <= 1
+    torch.testing.assert_close(recon, model.decode(mean))
+    assert model.sample(7).shape == (7, 1, 28, 28)
+    assert [
+        layer.out_features for layer in model.decoder.body if hasattr(layer, "out_features")
+    ] == [8, 16]
+
+
+def test_sample_is_repeatable_with_a_generator() -> None:
+    model = VAEModule(hidden_sizes=[16], latent_size=3)
+    first = model.sample(4, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(first, model.sample(4, generator=torch.Generator().manual_seed(1)))
+
+
+def test_training_step_returns_the_chapters_loss_per_example() -> None:
+    model = VAEModule(hidden_sizes=[16], latent_size=3)
+    x = torch.rand(6, 1, 28, 28)
+    torch.manual_seed(0)
+    loss = model._shared_step(x, "train")
+    torch.manual_seed(0)
+    mu, logstd = model.encoder(x)
+    z = mu + torch.exp(0.5 * logstd) * torch.randn_like(mu)
+    bce = torch.nn.functional.binary_cross_entropy(
+        torch.sigmoid(model.decoder(z)), x.view(-1, 784), reduction="sum"
+    )
+    kld = -0.5 * torch.sum(1 + logstd - mu.pow(2) - logstd.exp())
+    torch.testing.assert_close(loss, (bce + kld) / len(x))
+
+
+def test_beta_scales_only_the_kl_of_the_objective() -> None:
+    x = torch.rand(6, 1, 28, 28)
+    model = VAEModule(hidden_sizes=[16], latent_size=3, beta=1.0)
+    torch.manual_seed(0)
+    elbo_loss = model._shared_step(x, "train")
+    model.hparams.beta = 0.0
+    torch.manual_seed(0)
+    recon_only = model._shared_step(x, "train")
+    assert recon_only < elbo_loss
+
+
+def test_unknown_optimizer_is_named_in_the_error() -> None:
+    with pytest.raises(UserError, match="'adamm'.*adam"):
+        VAEModule(optimizer="adamm")
