@@ -250,7 +250,8 @@ def main() -> None:
     runs: dict[str, list[dict]] = {"project": [], "bare": [], "recipe": []}
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):
-            for variant in runs:
+            variants = list(runs)[repeat % 3 :] + list(runs)[: repeat % 3]  # rotate the order
+            for variant in variants:
                 work = Path(tmp) / f"{repeat}"
                 work.mkdir(exist_ok=True)
                 runs[variant].append(run(variant, args, work))

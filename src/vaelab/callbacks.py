@@ -4,6 +4,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 from torchvision.utils import make_grid
@@ -55,3 +56,28 @@ class ImageLogger(L.Callback):
         writer.add_image("val/reconstructions", make_grid(pairs, self.nrow), step)
         samples = pl_module.decode(self.z.to(pl_module.device))  # (num_samples, 1, 28, 28)
         writer.add_image("val/samples", make_grid(samples, self.nrow), step)
+
+
+class LossProgressBar(TQDMProgressBar):
+    """Lightning's progress bar, showing the training loss of the latest batch.
+
+    The loss is read only when the bar redraws; logging it with `self.log(prog_bar=True)`
+    would read it at every step, which on a GPU waits for the step to finish.
+    """
+
+    def __init__(self, refresh_rate: int = 1) -> None:
+        super().__init__(refresh_rate)
+        self.loss: Tensor | None = None
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+        batch_idx: int,
+    ) -> None:  # fmt: skip
+        self.loss = outputs["loss"]
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
+        metrics = super().get_metrics(trainer, pl_module)
+        if self.loss is not None and trainer.training:
+            metrics["loss"] = f"{self.loss.item():.1f}"
+        return metrics

@@ -27,4 +27,5 @@ def train(cfg: DictConfig) -> float:
     # The HParams tab: hyperparameters next to the final figures of this run.
     final = {"hp/best_val_loss": best_val_loss, "hp/test_loss": test_metrics["test/loss"]}
     logger.log_hyperparams({**model.hparams, **datamodule.hparams}, final, trainer.global_step)
+    logger.finalize("success")  # flush: the trainer has closed the logger already
     return best_val_loss
