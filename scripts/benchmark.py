@@ -116,13 +116,15 @@ def usual_recipe(data_dir: str, epochs: int, val_size: int, device: str) -> dict
 
     epoch_seconds = []
     for _ in range(epochs):
-        start = time.perf_counter()
+        start, train_loss = time.perf_counter(), 0.0
         model.train()
         for x, _ in train_loader:
             x = x.to(device)
             optimizer.zero_grad()
             recon, mu, logvar = model(x)
-            loss_function(recon, x, mu, logvar).backward()
+            loss = loss_function(recon, x, mu, logvar)
+            loss.backward()
+            train_loss += loss.item()  # as the example does, for its epoch average
             optimizer.step()
         model.eval()
         evaluate(val_loader)
@@ -133,15 +135,22 @@ def usual_recipe(data_dir: str, epochs: int, val_size: int, device: str) -> dict
 WORKERS = {"bare": bare_loop, "recipe": usual_recipe}
 
 
+PROJECT_VARIANTS = {  # the project's training with extra overrides; the last two on GPUs only
+    "project": [],
+    "project_compile": ["model.compile=true"],
+    "project_bf16": ["trainer.precision=bf16-mixed"],
+}
+
+
 def run(variant: str, args: argparse.Namespace, work: Path) -> dict:
     """Run one variant in a fresh process; return its timings, test loss and peak memory."""
     result_file = work / f"{variant}.json"
-    if variant == "project":
+    if variant in PROJECT_VARIANTS:
         hardware = "cpu" if args.device == "cpu" else "gpu"
         command = [
             sys.executable, str(ROOT / "train.py"), f"data.data_dir={args.data_dir}",
             f"data.val_size={args.val_size}", f"trainer.max_epochs={args.epochs}",
-            f"hardware={hardware}", f"hydra.run.dir={work / 'project'}",
+            f"hardware={hardware}", f"hydra.run.dir={work / variant}", *PROJECT_VARIANTS[variant],
         ]  # fmt: skip
     else:
         command = [
@@ -156,8 +165,8 @@ def run(variant: str, args: argparse.Namespace, work: Path) -> dict:
     wall = time.perf_counter() - start
     if status != 0:
         sys.exit(f"{variant} failed; its output is in {work / f'{variant}.log'}")
-    if variant == "project":
-        result = _read_project_run(work / "project")
+    if variant in PROJECT_VARIANTS:
+        result = _read_project_run(work / variant)
     else:
         result = json.loads(result_file.read_text())
     return {**result, "wall": wall, "peak_rss_mib": usage.ru_maxrss / 1024}
@@ -180,8 +189,8 @@ def summarize(runs: dict[str, list[dict]], args: argparse.Namespace) -> dict:
     """Medians over repeats; per-epoch figures skip each run's first epoch (warm-up)."""
     rows = {}
     for variant, results in runs.items():
-        # the project's list already starts at the second epoch (differences of epoch ends)
-        skip = 0 if variant == "project" else 1
+        # the project's lists already start at the second epoch (differences of epoch ends)
+        skip = 0 if variant in PROJECT_VARIANTS else 1
         epoch = statistics.median(s for r in results for s in r["epoch_seconds"][skip:])
         rows[variant] = {
             "seconds_per_epoch": epoch,
@@ -247,10 +256,13 @@ def main() -> None:
     if args.quick:
         args.epochs, args.repeats = 2, 1
 
-    runs: dict[str, list[dict]] = {"project": [], "bare": [], "recipe": []}
+    names = ["project", "bare", "recipe"]
+    if args.device == "cuda":
+        names += ["project_compile", "project_bf16"]
+    runs: dict[str, list[dict]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):
-            variants = list(runs)[repeat % 3 :] + list(runs)[: repeat % 3]  # rotate the order
+            variants = names[repeat % len(names) :] + names[: repeat % len(names)]  # rotate
             for variant in variants:
                 work = Path(tmp) / f"{repeat}"
                 work.mkdir(exist_ok=True)

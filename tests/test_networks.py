@@ -85,3 +85,17 @@ def test_beta_scales_only_the_kl_of_the_objective() -> None:
 def test_unknown_optimizer_is_named_in_the_error() -> None:
     with pytest.raises(UserError, match="'adamm'.*adam"):
         VAEModule(optimizer="adamm")
+
+
+def test_compiled_model_matches_and_keeps_checkpoint_keys() -> None:
+    """torch.compile on the CPU is slow to start (about 20 s), but the path must work."""
+    torch.manual_seed(0)
+    compiled = VAEModule(hidden_sizes=[16], latent_size=3, compile=True)
+    plain = VAEModule(hidden_sizes=[16], latent_size=3)
+    plain.load_state_dict(compiled.state_dict())  # same keys, no "_orig_mod." prefix
+    for batch_size in (8, 5):  # a smaller last batch must not fail or change results
+        x = torch.rand(batch_size, 1, 28, 28)
+        torch.manual_seed(1)
+        expected = plain._shared_step(x, "train")
+        torch.manual_seed(1)
+        torch.testing.assert_close(compiled._shared_step(x, "train"), expected)

@@ -40,7 +40,7 @@ class InMemoryBatches:
         n, size = len(self.data), self.batch_size
         if not self.shuffle:
             return (self.data[i : i + size] for i in range(0, n, size))
-        order = torch.randperm(n, generator=self.generator)
+        order = torch.randperm(n, generator=self.generator).to(self.data.device)
         return (self.data[order[i : i + size]] for i in range(0, n, size))
 
 
@@ -78,11 +78,14 @@ class MNISTDataModule(L.LightningDataModule):
             return
         if missing := self._missing_files():
             raise UserError(self._missing_message(f"missing: {', '.join(missing)}"))
+        # On a GPU the whole dataset lives in its memory: batches are sliced there, with no
+        # copy from the host per step.
+        device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
         images = _load_images(self.hparams.data_dir, train=True)
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(SPLIT_SEED))
-        self.val_images = images[order[: self.hparams.val_size]]
-        self.train_images = images[order[self.hparams.val_size :]]
-        self.test_images = _load_images(self.hparams.data_dir, train=False)
+        self.val_images = images[order[: self.hparams.val_size]].to(device)
+        self.train_images = images[order[self.hparams.val_size :]].to(device)
+        self.test_images = _load_images(self.hparams.data_dir, train=False).to(device)
 
     def train_dataloader(self) -> InMemoryBatches:
         return InMemoryBatches(

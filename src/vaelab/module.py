@@ -26,12 +26,14 @@ class VAEModule(L.LightningModule):
         beta: float = 1.0,
         lr: float = 1e-3,
         optimizer: str = "adam",
+        compile: bool = False,
         image_shape: Sequence[int] = (1, 28, 28),
     ) -> None:
         """Args:
         hidden_sizes: encoder widths from input to latent; the decoder mirrors them.
         beta: weight of the KL term in the optimized objective (beta-VAE); 1 is the ELBO.
         optimizer: one of "adam", "adamw", "sgd".
+        compile: wrap encoder and decoder in torch.compile (worth it on a GPU).
         """
         super().__init__()
         if optimizer not in OPTIMIZERS:
@@ -43,6 +45,9 @@ class VAEModule(L.LightningModule):
         input_size = math.prod(image_shape)
         self.encoder = Encoder(input_size, hidden_sizes, latent_size)
         self.decoder = Decoder(latent_size, hidden_sizes[::-1], input_size)
+        if compile:  # in place, so checkpoints keep their keys; dynamic: the last batch is smaller
+            self.encoder.compile(dynamic=True)
+            self.decoder.compile(dynamic=True)
         self._totals: dict[str, Tensor] = {}  # per stage: summed recon and KL of the epoch
         self._counts: dict[str, int] = {}  # per stage: examples seen in the epoch
 

@@ -1,0 +1,27 @@
+"""The benchmark's quick mode keeps working (it times nothing that a test asserts)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from .conftest import ROOT
+
+
+def test_quick_benchmark_writes_its_tables(tiny_mnist: Path, tmp_path: Path) -> None:
+    command = [
+        sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--quick", "--device", "cpu",
+        "--data-dir", str(tiny_mnist), "--val-size", "64", "--out", str(tmp_path),
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads((tmp_path / "benchmark.json").read_text())
+    assert set(summary["variants"]) == {"project", "bare", "recipe"}
+    for variant in summary["variants"].values():
+        assert variant["seconds_per_epoch"] > 0 and variant["wall_seconds"] > 0
+        assert 0 < variant["test_loss"] < 784 * 0.7  # per example, below a uniform guess
+    assert set(summary["ratios"]) >= {
+        "project/bare seconds per epoch",
+        "recipe/project seconds per epoch",
+    }
+    assert "| project |" in (tmp_path / "benchmark.md").read_text()
