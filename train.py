@@ -14,12 +14,16 @@ from vaelab import UserError
 def main(cfg: DictConfig) -> float:
     # Imported here, after Hydra has checked the command line, so a typo fails at once
     # rather than after the seconds it takes to import Lightning.
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
     from vaelab.train import train
 
     try:
         return train(cfg)
     except UserError as err:  # a setup or config mistake, not a bug: the message, no traceback
         raise SystemExit(f"Error: {err}") from None
+    except SIGTERMException:  # Lightning stopped after a batch; last.ckpt holds the state
+        raise SystemExit(128 + 15) from None  # the usual status of a process ended by SIGTERM
 
 
 if __name__ == "__main__":

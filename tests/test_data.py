@@ -25,11 +25,10 @@ def test_splits_and_pixels(tiny_mnist: Path) -> None:
 
 
 def test_split_does_not_depend_on_the_seed(tiny_mnist: Path) -> None:
-    first, second = (
-        MNISTDataModule(str(tiny_mnist), seed=1),
-        MNISTDataModule(str(tiny_mnist), seed=2),
-    )
-    first.setup("fit"), second.setup("fit")
+    first = MNISTDataModule(str(tiny_mnist), val_size=64, seed=1)
+    second = MNISTDataModule(str(tiny_mnist), val_size=64, seed=2)
+    first.setup("fit")
+    second.setup("fit")
     assert torch.equal(first.val_images, second.val_images)
 
 

@@ -1,11 +1,13 @@
-"""Lightning callbacks that show what the VAE learns."""
+"""Lightning callbacks: pictures of what the VAE learns, a lean progress bar, safe stops."""
 
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks import OnExceptionCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 from torchvision.utils import make_grid
 
@@ -81,3 +83,24 @@ class LossProgressBar(TQDMProgressBar):
         if self.loss is not None and trainer.training:
             metrics["loss"] = f"{self.loss.item():.1f}"
         return metrics
+
+
+class InterruptCheckpoint(OnExceptionCheckpoint):
+    """On Ctrl-C or SIGTERM, save the training state as `last.ckpt`, for `resume=true`.
+
+    Unlike Lightning's OnExceptionCheckpoint, it saves on interruptions only, so that a
+    diverged state never replaces a good checkpoint, and it keeps its file after the run.
+    """
+
+    def __init__(self, dirpath: str, filename: str = "last") -> None:
+        super().__init__(dirpath, filename)
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        if isinstance(exception, KeyboardInterrupt | SIGTERMException):
+            super().on_exception(trainer)
+            rank_zero_info(f"Interrupted: saved {self.ckpt_path}; resume=true continues from it.")
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        pass  # the file is the run's last.ckpt: keep it

@@ -1,15 +1,18 @@
 """MNIST held in memory as one float tensor per split, served as sliced batches."""
 
+import hashlib
 import math
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from torch import Tensor
 from torchvision.datasets import MNIST
 
-from vaelab import UserError
+from vaelab import UserError, require
 
 MNIST_FILES = [
     "train-images-idx3-ubyte",
@@ -17,31 +20,69 @@ MNIST_FILES = [
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 ]
+# The published checksums and sizes of the uncompressed originals.
+MNIST_MD5 = {
+    "train-images-idx3-ubyte": ("6bbc9ace898e44ae57da46a324031adb", 47_040_016),
+    "train-labels-idx1-ubyte": ("a25bea736e30d166cdddb491f175f624", 60_008),
+    "t10k-images-idx3-ubyte": ("2646ac647ad5339dbf082846283269ea", 7_840_016),
+    "t10k-labels-idx1-ubyte": ("27ae3e4e09519cfbb04c329615203637", 10_008),
+}
+MNIST_TRAIN_SIZE = 60_000
 SPLIT_SEED = 0  # the train/val split never changes with the run's seed, so val losses compare
 
 
+def stream_seed(*keys: int) -> int:
+    """An independent 63-bit seed for each tuple of keys, e.g. (seed, epoch)."""
+    return int(np.random.SeedSequence(keys).generate_state(1, np.uint64)[0] >> 1)
+
+
 class InMemoryBatches:
-    """Batches sliced from one tensor, reshuffled each epoch from a seeded generator.
+    """Batches sliced from one tensor; with `shuffle`, a new order each epoch from the seed.
 
     It replaces a DataLoader because per-sample indexing, collation and transforms would
-    cost more than the small network's forward and backward pass.
+    cost more than the small network's forward and backward pass. The order of epoch e
+    depends only on (seed, e), so `state_dict` is just where training stands.
     """
 
     def __init__(self, data: Tensor, batch_size: int, shuffle: bool, seed: int = 0) -> None:
         self.data = data
         self.batch_size = batch_size
         self.shuffle = shuffle
-        self.generator = torch.Generator().manual_seed(seed)
+        self.seed = seed
+        self._next = (0, 0)  # (epoch, batch) where the next iteration starts
+        self._epoch = self._yielded = 0
+        self._exhausted = True
 
     def __len__(self) -> int:
         return math.ceil(len(self.data) / self.batch_size)
 
     def __iter__(self) -> Iterator[Tensor]:
-        n, size = len(self.data), self.batch_size
-        if not self.shuffle:
-            return (self.data[i : i + size] for i in range(0, n, size))
-        order = torch.randperm(n, generator=self.generator).to(self.data.device)
-        return (self.data[order[i : i + size]] for i in range(0, n, size))
+        epoch, start = self._next
+        self._next = (epoch + 1, 0)
+        self._epoch, self._yielded, self._exhausted = epoch, start, False
+        size = self.batch_size
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(stream_seed(self.seed, epoch))
+            order = torch.randperm(len(self.data), generator=generator).to(self.data.device)
+        for i in range(start, len(self)):
+            self._yielded = i + 1
+            if self.shuffle:
+                yield self.data[order[i * size : (i + 1) * size]]
+            else:
+                yield self.data[i * size : (i + 1) * size]
+        self._exhausted = True
+
+    def state_dict(self) -> dict[str, int]:
+        """Where the next batch comes from; Lightning saves this in checkpoints.
+
+        Lightning fetches no batch ahead from a loader with a length, so every batch
+        yielded so far has been trained on.
+        """
+        epoch, batch = self._next if self._exhausted else (self._epoch, self._yielded)
+        return {"epoch": epoch, "batch": batch}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._next = (state["epoch"], state["batch"])
 
 
 class MNISTDataModule(L.LightningDataModule):
@@ -60,6 +101,12 @@ class MNISTDataModule(L.LightningDataModule):
         seed: seeds the order of training batches.
         """
         super().__init__()
+        require(batch_size >= 1, "batch_size", batch_size, "use a positive integer, e.g. 128")
+        require(eval_batch_size >= 1, "eval_batch_size", eval_batch_size, "use a positive integer")
+        require(
+            0 < val_size < MNIST_TRAIN_SIZE, "val_size", val_size,
+            f"use 0 < val_size < {MNIST_TRAIN_SIZE}, the size of MNIST's training set",
+        )  # fmt: skip
         self.save_hyperparameters()
         self.raw_dir = Path(data_dir).expanduser().resolve() / "MNIST" / "raw"
 
@@ -78,10 +125,16 @@ class MNISTDataModule(L.LightningDataModule):
             return
         if missing := self._missing_files():
             raise UserError(self._missing_message(f"missing: {', '.join(missing)}"))
+        verify_files(self.raw_dir)
         # On a GPU the whole dataset lives in its memory: batches are sliced there, with no
         # copy from the host per step.
         device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
         images = _load_images(self.hparams.data_dir, train=True)
+        if self.hparams.val_size >= len(images):
+            raise UserError(
+                f"data.val_size={self.hparams.val_size} leaves no training images: "
+                f"{self.raw_dir} holds {len(images)}; use a smaller data.val_size"
+            )
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(SPLIT_SEED))
         self.val_images = images[order[: self.hparams.val_size]].to(device)
         self.train_images = images[order[self.hparams.val_size :]].to(device)
@@ -115,3 +168,40 @@ def _load_images(data_dir: str, train: bool) -> Tensor:
     """All images of one MNIST file as floats in [0, 1]: (N, 1, 28, 28)."""
     pixels = MNIST(data_dir, train=train).data  # uint8 (N, 28, 28)
     return pixels.unsqueeze(1).float().div_(255)  # (N, 28, 28) -> (N, 1, 28, 28)
+
+
+def verify_files(raw_dir: Path) -> None:
+    """Check each file's IDX header against its size, and real MNIST files against their MD5.
+
+    A folder is taken for real MNIST when any file has a real MNIST file's size; then all
+    four must match their checksums. Other folders (small IDX sets, such as the tests')
+    get the header checks only.
+    """
+    sizes = {name: (raw_dir / name).stat().st_size for name in MNIST_FILES}
+    real = any(sizes[name] == MNIST_MD5[name][1] for name in MNIST_FILES)
+    counts = {}
+    for name in MNIST_FILES:
+        path = raw_dir / name
+        with open(path, "rb") as file:
+            head = file.read(4)
+            ndim = head[3] if len(head) == 4 else 0
+            dims = struct.unpack(f">{ndim}I", file.read(4 * ndim).ljust(4 * ndim, b"\0"))
+        expected_ndim = 3 if "images" in name else 1
+        if head[:3] != b"\0\0\x08" or ndim != expected_ndim or dims[1:] not in ((), (28, 28)):
+            _bad_file(path, "its header is not that of an MNIST file of this name")
+        if sizes[name] != 4 + 4 * ndim + math.prod(dims):
+            promised = 4 + 4 * ndim + math.prod(dims)
+            _bad_file(path, f"it has {sizes[name]} bytes where its header promises {promised}")
+        if real and (md5 := hashlib.md5(path.read_bytes()).hexdigest()) != MNIST_MD5[name][0]:
+            _bad_file(path, f"its MD5 is {md5}, not MNIST's {MNIST_MD5[name][0]}")
+        counts[name] = dims[0]
+    for prefix in ("train", "t10k"):
+        if counts[f"{prefix}-images-idx3-ubyte"] != counts[f"{prefix}-labels-idx1-ubyte"]:
+            _bad_file(raw_dir / f"{prefix}-labels-idx1-ubyte", "its count differs from the images'")
+
+
+def _bad_file(path: Path, why: str) -> None:
+    raise UserError(
+        f"{path} is damaged or not the right file: {why}. Delete it so that it is "
+        "downloaded again, or point data.data_dir to a good copy of MNIST."
+    )

@@ -1,31 +1,81 @@
 """Fit a VAE from a composed Hydra config; the root `train.py` is the command line for it."""
 
+import json
+import time
+from pathlib import Path
+from typing import Any
+
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig
 
+from vaelab import UserError
 from vaelab.config import check_types
 from vaelab.data import MNISTDataModule
-from vaelab.module import VAEModule
+from vaelab.module import VAEModule, check_checkpoint
 
 
 def train(cfg: DictConfig) -> float:
     """Fit, test the best checkpoint, and return its val/loss for sweepers to minimize."""
+    start = time.perf_counter()
+    cfg.seed = L.seed_everything(cfg.seed, workers=True)  # a random one if null, then logged
     check_types(cfg)
-    L.seed_everything(cfg.seed, workers=True)
-    datamodule: MNISTDataModule = instantiate(cfg.data)
-    model: VAEModule = instantiate(cfg.model)
-    logger: Logger = instantiate(cfg.logger)
-    callbacks: list[L.Callback] = [instantiate(c) for c in cfg.callbacks.values()]
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
+    ckpt_path = resume_from(cfg)
+    datamodule: MNISTDataModule = build(cfg.data, "data")
+    model: VAEModule = build(cfg.model, "model")
+    logger: Logger = build(cfg.logger, "logger")
+    callbacks = [build(node, f"callbacks.{name}") for name, node in cfg.callbacks.items()]
+    trainer: L.Trainer = build(cfg.trainer, "trainer", logger=logger, callbacks=callbacks)
+    if ckpt_path:
+        check_checkpoint(ckpt_path, model)
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    fit_metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
     best_val_loss = trainer.checkpoint_callback.best_model_score.item()
-    (test_metrics,) = trainer.test(model, datamodule=datamodule, ckpt_path="best")
+    (test_metrics,) = trainer.test(
+        model, datamodule=datamodule, ckpt_path="best", weights_only=True
+    )
 
     # The HParams tab: hyperparameters next to the final figures of this run.
     final = {"hp/best_val_loss": best_val_loss, "hp/test_loss": test_metrics["test/loss"]}
     logger.log_hyperparams({**model.hparams, **datamodule.hparams}, final, trainer.global_step)
     logger.finalize("success")  # flush: the trainer has closed the logger already
+    summary = {
+        "overrides": list(HydraConfig.get().overrides.task),
+        "epochs": trainer.current_epoch,
+        "wall_seconds": time.perf_counter() - start,
+        "best_val_loss": best_val_loss,
+        "metrics": {**fit_metrics, **test_metrics},
+    }
+    (Path(cfg.output_dir) / "metrics.json").write_text(json.dumps(summary, indent=2))
     return best_val_loss
+
+
+def resume_from(cfg: DictConfig) -> str | None:
+    """The checkpoint to continue from: `ckpt_path`, or with `resume=true` the run's last."""
+    if not cfg.resume:
+        return cfg.ckpt_path
+    if cfg.ckpt_path:
+        raise UserError("give either ckpt_path=... or resume=true, not both")
+    last = Path(cfg.output_dir) / "checkpoints" / "last.ckpt"
+    if not last.is_file():  # so that one command both starts a job and resumes it
+        print(f"resume=true: {last} does not exist yet, so training starts from scratch.")
+        return None
+    return str(last)
+
+
+def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
+    """Instantiate a config node; a rejected value is reported with its key, no traceback."""
+    try:
+        return instantiate(node, _convert_="all", **kwargs)  # plain lists and dicts
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, UserError):
+            raise UserError(f"{key}.{cause}") from None
+        if isinstance(cause, MisconfigurationException | ValueError):
+            raise UserError(f"{key}: {cause}") from None
+        raise

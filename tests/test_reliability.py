@@ -1,0 +1,240 @@
+"""Reliability: clear errors for bad input, verified data, exact resume, reproducible runs."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vaelab import UserError
+from vaelab.data import InMemoryBatches, MNISTDataModule
+from vaelab.module import VAEModule, check_checkpoint, load_checkpoint
+from vaelab.train import train
+
+from .conftest import TINY_RUN, run_train, write_idx
+from .test_config import compose_train
+
+# Three short epochs of 8 steps, with last.ckpt also written every 4 steps.
+RESUMABLE = [*TINY_RUN, "trainer.max_epochs=3", "trainer.deterministic=true",
+             "callbacks.periodic_checkpoint.every_n_train_steps=4"]  # fmt: skip
+
+
+def killed_at(step: int, signal_name: str) -> list[str]:
+    return [
+        "+callbacks.kill._target_=tests.helpers.KillAtStep",
+        f"+callbacks.kill.step={step}",
+        f"+callbacks.kill.signal_name={signal_name}",
+    ]
+
+
+def final_metrics(run_dir: Path) -> dict[str, float]:
+    return json.loads((run_dir / "metrics.json").read_text())["metrics"]
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("model.latent_size=0", "model.latent_size=0 is invalid: use a positive integer"),
+        ("model.hidden_sizes=[400,0]", "model.hidden_sizes=[400, 0] is invalid: use a non-empty"),
+        ("model.hidden_sizes=[-5]", "model.hidden_sizes=[-5] is invalid"),
+        ("model.lr=0", "model.lr=0 is invalid: use a learning rate > 0"),
+        ("model.lr=-1e-3", "model.lr=-0.001 is invalid"),
+        ("model.beta=-1", "model.beta=-1 is invalid: use a weight >= 0"),
+        ("model.optimizer=adamm", "model.optimizer='adamm' is invalid: use adam or adamw or sgd"),
+        ("data.batch_size=0", "data.batch_size=0 is invalid: use a positive integer"),
+        ("data.val_size=60000", "data.val_size=60000 is invalid: use 0 < val_size < 60000"),
+        ("trainer.devices=0", "trainer:"),
+        ("resume=true", "either ckpt_path=... or resume=true"),
+    ],
+)
+def test_bad_values_are_named_before_any_data_is_read(
+    override: str, message: str, tmp_path: Path
+) -> None:
+    # The data folder does not exist: an error about the value proves nothing was loaded.
+    overrides = [f"data.data_dir={tmp_path / 'no-data'}", override]
+    if override == "resume=true":
+        overrides.append(f"ckpt_path={tmp_path / 'x.ckpt'}")
+    with pytest.raises(UserError, match=message.replace("[", r"\[").replace("+", r"\+")):
+        train(compose_train(overrides, tmp_path))
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_validation_split_too_large_for_the_files(tiny_mnist: Path, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="data.val_size=5000 leaves no training images.*holds 320"):
+        train(compose_train([f"data.data_dir={tiny_mnist}", "trainer.max_epochs=1"], tmp_path))
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("model.latent_size=0", "model.latent_size=0 is invalid"),
+        ("hardware=tpu", "Could not find 'hardware/tpu'"),
+        ("model=nope", "Could not find 'model/nope'"),
+        ("model.latent_size=abc", "model.latent_size='abc' has the wrong type"),
+    ],
+)
+def test_the_command_line_shows_one_message(override: str, message: str, tmp_path: Path) -> None:
+    result = run_train(f"data.data_dir={tmp_path}", override, cwd=tmp_path)
+    assert result.returncode != 0
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def data_copy(tiny_mnist: Path, tmp_path: Path) -> Path:
+    """A copy of the tiny data that a test may damage."""
+    return Path(shutil.copytree(tiny_mnist, tmp_path / "data"))
+
+
+def setup_error(data_dir: Path) -> str:
+    with pytest.raises(UserError) as error:
+        MNISTDataModule(str(data_dir), val_size=64).setup("fit")
+    return str(error.value)
+
+
+def test_a_truncated_file_is_named(data_copy: Path) -> None:
+    path = data_copy / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:-100])
+    message = setup_error(data_copy)
+    assert str(path) in message and "bytes where its header promises" in message
+    assert "Delete it" in message and "data.data_dir" in message
+
+
+def test_a_file_with_a_wrong_header_is_named(data_copy: Path) -> None:
+    images = data_copy / "MNIST" / "raw" / "t10k-images-idx3-ubyte"
+    labels = data_copy / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"
+    images.write_bytes(labels.read_bytes())  # the labels where the images should be
+    assert f"{images} is damaged or not the right file: its header" in setup_error(data_copy)
+
+
+def test_images_and_labels_must_agree(data_copy: Path) -> None:
+    write_idx(data_copy / "MNIST" / "raw" / "train-labels-idx1-ubyte", np.zeros(100))
+    assert "its count differs from the images'" in setup_error(data_copy)
+
+
+def test_real_sized_files_are_checked_against_mnist_checksums(data_copy: Path) -> None:
+    """A file of MNIST's real size makes the folder count as MNIST: checksums must match."""
+    labels = data_copy / "MNIST" / "raw" / "train-labels-idx1-ubyte"
+    write_idx(labels, np.zeros(60_000))  # right size and header, wrong bytes
+    message = setup_error(data_copy)
+    assert "its MD5 is" in message and "not MNIST's" in message
+
+
+def test_the_batch_iterator_resumes_where_training_stood() -> None:
+    data = torch.arange(20.0).view(20, 1)
+
+    def batches() -> InMemoryBatches:
+        return InMemoryBatches(data, batch_size=6, shuffle=True, seed=3)
+
+    reference = batches()
+    first_epoch, second_epoch = torch.cat(list(reference)), torch.cat(list(reference))
+    interrupted = batches()
+    iterator = iter(interrupted)
+    trained = [next(iterator) for _ in range(2)]
+    state = interrupted.state_dict()
+    assert state == {"epoch": 0, "batch": 2}
+    resumed = batches()
+    resumed.load_state_dict(state)
+    rest, following = list(resumed), list(resumed)
+    assert torch.equal(torch.cat(trained + rest), first_epoch)
+    assert torch.equal(torch.cat(following), second_epoch)
+    assert not torch.equal(first_epoch, second_epoch)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_mnist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("uninterrupted")
+    result = run_train(f"data.data_dir={tiny_mnist}", *RESUMABLE, f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr
+    return run_dir
+
+
+def test_same_seed_same_metrics(uninterrupted: Path, tiny_mnist: Path, tmp_path: Path) -> None:
+    result = run_train(f"data.data_dir={tiny_mnist}", *RESUMABLE, f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr
+    assert final_metrics(tmp_path) == final_metrics(uninterrupted)
+    assert final_metrics(tmp_path)["test/loss"] > 0
+
+
+@pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGTERM"])
+def test_a_killed_run_resumes_exactly(
+    signal_name: str, uninterrupted: Path, tiny_mnist: Path, tmp_path: Path
+) -> None:
+    """Killed mid-epoch 2 (step 14 of 24), resumed: the same final metrics, to the bit."""
+    first = run_train(
+        f"data.data_dir={tiny_mnist}", *RESUMABLE, f"hydra.run.dir={tmp_path}",
+        *killed_at(14, signal_name),
+    )  # fmt: skip
+    assert first.returncode != 0 and not (tmp_path / "metrics.json").exists()
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    # SIGKILL leaves the periodic checkpoint of step 12; SIGTERM saves at step 14
+    assert last["global_step"] == {"SIGKILL": 12, "SIGTERM": 14}[signal_name]
+    resumed = run_train(
+        f"data.data_dir={tiny_mnist}", *RESUMABLE, f"hydra.run.dir={tmp_path}", "resume=true"
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert final_metrics(tmp_path) == final_metrics(uninterrupted)
+
+
+def test_divergence_stops_with_the_step_and_keeps_the_good_checkpoint(
+    tiny_mnist: Path, tmp_path: Path
+) -> None:
+    result = run_train(
+        f"data.data_dir={tiny_mnist}", *RESUMABLE, f"hydra.run.dir={tmp_path}",
+        "model._target_=tests.helpers.ExplodingVAE", "+model.explode_at_step=10",
+    )  # fmt: skip
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert (
+        "not finite at step 10" in result.stderr
+        and f"The last good checkpoint: {last}" in result.stderr
+    )
+    checkpoint = torch.load(last, weights_only=True)
+    assert checkpoint["global_step"] == 8
+    assert all(torch.isfinite(t).all() for t in checkpoint["state_dict"].values())
+
+
+def test_a_random_seed_is_logged(tiny_mnist: Path, tmp_path: Path) -> None:
+    cfg = compose_train([f"data.data_dir={tiny_mnist}", *TINY_RUN, "seed=null"], tmp_path)
+    train(cfg)
+    logged = (tmp_path / "hparams.yaml").read_text()
+    assert isinstance(cfg.seed, int) and f"seed: {cfg.seed}" in logged
+
+
+@pytest.fixture(scope="module")
+def checkpoint(uninterrupted: Path) -> Path:
+    return uninterrupted / "checkpoints" / "last.ckpt"
+
+
+def test_a_file_that_is_not_a_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "notes.ckpt"
+    path.write_text("not a checkpoint")
+    with pytest.raises(UserError, match="notes.ckpt is not a readable checkpoint"):
+        load_checkpoint(path)
+
+
+def test_a_truncated_checkpoint(checkpoint: Path, tmp_path: Path) -> None:
+    path = tmp_path / "half.ckpt"
+    path.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
+    with pytest.raises(UserError, match="half.ckpt is not a readable checkpoint"):
+        load_checkpoint(path)
+
+
+def test_a_checkpoint_of_another_shape(checkpoint: Path) -> None:
+    with pytest.raises(
+        UserError, match=r"model.latent_size=4 there, 5 here.*settings it was trained with"
+    ):
+        check_checkpoint(checkpoint, VAEModule(hidden_sizes=[32], latent_size=5))
+    check_checkpoint(
+        checkpoint, VAEModule(hidden_sizes=[32], latent_size=4, lr=0.1)
+    )  # shapes agree
+
+
+def test_resuming_from_a_bad_checkpoint_is_one_message(tiny_mnist: Path, tmp_path: Path) -> None:
+    (tmp_path / "bad.ckpt").write_text("garbage")
+    result = run_train(
+        f"data.data_dir={tiny_mnist}", *TINY_RUN, f"ckpt_path={tmp_path / 'bad.ckpt'}", cwd=tmp_path
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "bad.ckpt is not a readable checkpoint" in result.stderr
