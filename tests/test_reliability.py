@@ -157,7 +157,7 @@ def test_same_seed_same_metrics(uninterrupted: Path, tiny_mnist: Path, tmp_path:
     assert final_metrics(tmp_path)["test/loss"] > 0
 
 
-@pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGTERM"])
+@pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGTERM", "SIGINT"])
 def test_a_killed_run_resumes_exactly(
     signal_name: str, uninterrupted: Path, tiny_mnist: Path, tmp_path: Path
 ) -> None:
@@ -168,8 +168,8 @@ def test_a_killed_run_resumes_exactly(
     )  # fmt: skip
     assert first.returncode != 0 and not (tmp_path / "metrics.json").exists()
     last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
-    # SIGKILL leaves the periodic checkpoint of step 12; SIGTERM saves at step 14
-    assert last["global_step"] == {"SIGKILL": 12, "SIGTERM": 14}[signal_name]
+    # SIGKILL leaves the periodic checkpoint of step 12; SIGTERM and Ctrl-C save at step 14
+    assert last["global_step"] == {"SIGKILL": 12, "SIGTERM": 14, "SIGINT": 14}[signal_name]
     resumed = run_train(
         f"data.data_dir={tiny_mnist}", *RESUMABLE, f"hydra.run.dir={tmp_path}", "resume=true"
     )

@@ -2,7 +2,7 @@
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import lightning as L
@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor
 
 from vaelab import UserError, require
-from vaelab.losses import bernoulli_nll, gaussian_kl
+from vaelab.losses import bernoulli_nll, gaussian_kl, iw_log_likelihood, log_importance_weights
 from vaelab.networks import Decoder, Encoder, reparameterize
 
 
@@ -179,6 +179,35 @@ class VAEModule(L.LightningModule):
         """Decode n draws from the prior N(0, I)."""
         z = torch.randn(n, self.hparams.latent_size, generator=generator, device=self.device)
         return self.decode(z)
+
+    @torch.no_grad()
+    def log_likelihood(
+        self, x: Tensor, k: int, chunk_size: int = 100, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """The importance-weighted estimate of log p(x) from k draws of q(z|x): (B, ...) -> (B,).
+
+        In nats per example; see `iw_log_likelihood`. The k draws are decoded chunk_size at a
+        time, so memory holds chunk_size * B * 784 values whatever k is. Each draw's noise is
+        its own (B, latent) tensor from `generator` (default: torch's global one), so the
+        result does not depend on chunk_size, and a CPU generator serves a model on a GPU.
+        """
+        require(k >= 1, "k", k, "use a positive number of samples, e.g. 1000")
+        require(chunk_size >= 1, "chunk_size", chunk_size, "use a positive integer, e.g. 100")
+        mean, logvar = self.encode(x)  # (B, latent) each
+        std = torch.exp(0.5 * logvar)
+        noise_device = mean.device if generator is None else generator.device
+
+        def log_weights() -> Iterator[Tensor]:
+            for start in range(0, k, chunk_size):
+                eps = torch.stack([
+                    torch.randn(mean.shape, generator=generator, device=noise_device)
+                    for _ in range(min(chunk_size, k - start))
+                ]).to(mean)  # (n, B, latent)
+                z = mean + std * eps
+                logits = self.decoder(z)  # (n, B, latent) -> (n, B, 784)
+                yield log_importance_weights(logits, x, z, mean, logvar)  # (n, B)
+
+        return iw_log_likelihood(log_weights())
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
