@@ -4,26 +4,29 @@ The config lives in conf/ (start at conf/train.yaml); each run writes to its own
 in outputs/, which `tensorboard --logdir outputs` shows.
 """
 
-import hydra
-from omegaconf import DictConfig
+import hashlib
 
-from vaelab import UserError
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+
+def run_name(overrides: str, limit: int = 150) -> str:
+    """A sweep job's folder name from its overrides, cut to stay within file-name limits."""
+    if len(overrides) <= limit:
+        return overrides
+    return f"{overrides[:limit]}...{hashlib.md5(overrides.encode()).hexdigest()[:8]}"
+
+
+OmegaConf.register_new_resolver("run_name", run_name)
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     # Imported here, after Hydra has checked the command line, so a typo fails at once
     # rather than after the seconds it takes to import Lightning.
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
+    from vaelab.train import run
 
-    from vaelab.train import train
-
-    try:
-        return train(cfg)
-    except UserError as err:  # a setup or config mistake, not a bug: the message, no traceback
-        raise SystemExit(f"Error: {err}") from None
-    except SIGTERMException:  # Lightning stopped after a batch; last.ckpt holds the state
-        raise SystemExit(128 + 15) from None  # the usual status of a process ended by SIGTERM
+    return run(cfg)
 
 
 if __name__ == "__main__":

@@ -36,16 +36,17 @@ def compose_train(overrides: list[str], output_dir: Path) -> DictConfig:
 
 def test_the_groups_are_the_documented_ones() -> None:
     assert GROUPS == ["callbacks", "data", "hardware", "logger", "model", "trainer"]
-    assert options("hardware") == ["auto", "cpu", "gpu"]
+    assert options("hardware") == ["auto", "cpu", "gpu", "multi_gpu", "multi_node"]
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
 def test_every_option_builds(group: str, option: str, tmp_path: Path) -> None:
-    cfg = compose_train([f"{group}={option}"], tmp_path)
+    nodes = ["trainer.num_nodes=2"] if option == "multi_node" else []
+    cfg = compose_train([f"{group}={option}", *nodes], tmp_path)
     check_types(cfg)
     if group == "hardware":
         if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
-            pytest.skip("no GPU here; the trainer settings are checked in test_gpu_settings")
+            pytest.skip("no GPU here; test_gpu_presets checks the trainer settings")
         built = instantiate(cfg.trainer)
         assert isinstance(built, L.Trainer)
     elif group == "callbacks":
@@ -56,9 +57,42 @@ def test_every_option_builds(group: str, option: str, tmp_path: Path) -> None:
         assert type(built).__name__ == cfg[group]._target_.rsplit(".", 1)[-1]
 
 
-def test_gpu_settings(tmp_path: Path) -> None:
-    trainer = compose_train(["hardware=gpu"], tmp_path).trainer
-    assert (trainer.accelerator, trainer.devices, trainer.precision) == ("gpu", 1, "32-true")
+@pytest.mark.parametrize(
+    "overrides,expected",
+    [
+        (
+            ["hardware=gpu"],
+            {"accelerator": "gpu", "devices": 1, "strategy": "auto"},
+        ),
+        (["hardware=multi_gpu"], {"accelerator": "gpu", "devices": -1, "strategy": "ddp"}),
+        (
+            ["hardware=multi_node", "trainer.num_nodes=4"],
+            {"devices": -1, "num_nodes": 4, "strategy": "ddp"},
+        ),
+        (["hardware=gpu", "trainer.precision=bf16-mixed"], {"precision": "bf16-mixed"}),
+    ],
+)
+def test_gpu_presets(overrides: list[str], expected: dict, tmp_path: Path) -> None:
+    cfg = compose_train(overrides, tmp_path)
+    assert cfg.tf32 is True
+    assert {key: cfg.trainer[key] for key in expected} == expected
+
+
+@pytest.mark.parametrize("hardware", ["multi_gpu", "multi_node"])
+def test_ddp_presets_build_a_ddp_trainer(hardware: str, tmp_path: Path) -> None:
+    """With the accelerator swapped for the CPU, the preset's DDP settings build a Trainer."""
+    overrides = [f"hardware={hardware}", "trainer.accelerator=cpu", "trainer.devices=2"]
+    if hardware == "multi_node":
+        overrides.append("trainer.num_nodes=3")
+    trainer = instantiate(compose_train(overrides, tmp_path).trainer)
+    assert type(trainer.strategy).__name__ == "DDPStrategy"
+    assert trainer.num_devices == 2 and trainer.num_nodes == (3 if hardware == "multi_node" else 1)
+
+
+def test_multi_node_needs_the_node_count(tmp_path: Path) -> None:
+    cfg = compose_train(["hardware=multi_node"], tmp_path)
+    with pytest.raises(UserError, match="trainer.num_nodes must be given"):
+        check_types(cfg)
 
 
 def test_cpu_trainer(tmp_path: Path) -> None:

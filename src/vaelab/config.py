@@ -1,4 +1,4 @@
-"""Type checks of a composed config against the constructors that its `_target_`s name."""
+"""Checks of a composed config: values left to give (???), and types against the constructors."""
 
 import types
 import typing
@@ -12,12 +12,16 @@ from vaelab import UserError
 
 
 def check_types(cfg: DictConfig) -> None:
-    """Raise a UserError naming the key for each value whose type its constructor rejects.
+    """Raise a UserError naming a value left to give, or one of a type its constructor rejects.
 
     YAML carries no types, so Hydra would pass `model.latent_size=abc` on as a string.
     A hand-written check of the few kinds of hint used here spares a dependency such as
     typeguard, and is run on the resolved config before anything is built.
     """
+    if missing := sorted(OmegaConf.missing_keys(cfg)):
+        raise UserError(
+            f"{', '.join(missing)} must be given on the command line, e.g. {missing[0]}=..."
+        )
     for path, node in _target_nodes(cfg, ""):
         hints = typing.get_type_hints(get_object(node["_target_"]).__init__)
         for name, value in node.items():

@@ -6,11 +6,14 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from vaelab import UserError
@@ -24,6 +27,7 @@ def train(cfg: DictConfig) -> float:
     start = time.perf_counter()
     cfg.seed = L.seed_everything(cfg.seed, workers=True)  # a random one if null, then logged
     check_types(cfg)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.tf32
     ckpt_path = resume_from(cfg)
     datamodule: MNISTDataModule = build(cfg.data, "data")
     model: VAEModule = build(cfg.model, "model")
@@ -44,15 +48,42 @@ def train(cfg: DictConfig) -> float:
     final = {"hp/best_val_loss": best_val_loss, "hp/test_loss": test_metrics["test/loss"]}
     logger.log_hyperparams({**model.hparams, **datamodule.hparams}, final, trainer.global_step)
     logger.finalize("success")  # flush: the trainer has closed the logger already
+    if trainer.is_global_zero:
+        metrics = {**fit_metrics, **test_metrics}
+        epochs = trainer.current_epoch
+        write_summary(
+            cfg, "completed", start, epochs=epochs, best_val_loss=best_val_loss, metrics=metrics
+        )
+    return best_val_loss
+
+
+def run(cfg: DictConfig) -> float:
+    """`train` as a command-line task: a failure is recorded in metrics.json and reported.
+
+    In a sweep (`-m`) the error is raised on to the sweeper, which marks the job failed and
+    goes on (Optuna: a failed trial); a single run prints a user error without traceback.
+    """
+    start = time.perf_counter()
+    try:
+        return train(cfg)
+    except SIGTERMException:  # Lightning stopped after a batch; last.ckpt holds the state
+        raise SystemExit(128 + 15) from None  # the usual status of a process ended by SIGTERM
+    except Exception as err:
+        write_summary(cfg, "failed", start, reason=f"{type(err).__name__}: {err}")
+        if isinstance(err, UserError) and HydraConfig.get().mode != RunMode.MULTIRUN:
+            raise SystemExit(f"Error: {err}") from None  # a setup mistake, not a bug
+        raise
+
+
+def write_summary(cfg: DictConfig, status: str, start: float, **fields: Any) -> None:
+    """metrics.json in the run folder: what the sweep summary reads."""
     summary = {
+        "status": status,
         "overrides": list(HydraConfig.get().overrides.task),
-        "epochs": trainer.current_epoch,
         "wall_seconds": time.perf_counter() - start,
-        "best_val_loss": best_val_loss,
-        "metrics": {**fit_metrics, **test_metrics},
+        **fields,
     }
     (Path(cfg.output_dir) / "metrics.json").write_text(json.dumps(summary, indent=2))
-    return best_val_loss
 
 
 def resume_from(cfg: DictConfig) -> str | None:

@@ -1,0 +1,111 @@
+"""Summarize a sweep: one row per run, sorted by val/loss, with a plot per swept parameter.
+
+    python scripts/summarize.py outputs/multirun/2026-11-25/10-00-00
+
+Reads each run's metrics.json (written by train.py, also for runs that failed) and
+.hydra/overrides.yaml; a run that left no metrics.json (killed, or still running) is a
+failed row too. Writes summary.csv, summary.md and summary.png into the sweep folder.
+"""
+
+import argparse
+import csv
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no window
+import matplotlib.pyplot as plt  # noqa: E402
+import yaml  # noqa: E402
+
+METRICS = ["best_val_loss", "test/loss", "test/recon", "test/kl", "epochs", "wall_seconds"]
+
+
+def read_run(run_dir: Path) -> dict:
+    """One row: status, overrides as a dict, the final metrics; a reason if it failed."""
+    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
+    row = {"run": run_dir.name, "params": dict(o.split("=", 1) for o in overrides if "=" in o)}
+    summary_file = run_dir / "metrics.json"
+    if not summary_file.exists():
+        return {**row, "status": "failed", "reason": "no metrics.json: killed, or still running"}
+    summary = json.loads(summary_file.read_text())
+    row |= {"status": summary["status"], "reason": summary.get("reason", "")}
+    row |= {"epochs": summary.get("epochs"), "wall_seconds": summary["wall_seconds"]}
+    row["best_val_loss"] = summary.get("best_val_loss")
+    row |= {k: v for k, v in summary.get("metrics", {}).items() if k.startswith("test/")}
+    return row
+
+
+def swept(rows: list[dict]) -> list[str]:
+    """The parameters whose values differ between runs."""
+    keys = sorted({key for row in rows for key in row["params"]})
+    return [k for k in keys if len({row["params"].get(k) for row in rows}) > 1]
+
+
+def sort_key(row: dict) -> tuple[bool, float]:
+    value = row.get("best_val_loss")
+    bad = row["status"] != "completed" or value is None or math.isnan(value)
+    return bad, value if not bad else 0.0
+
+
+def as_number(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def plot(rows: list[dict], params: list[str], path: Path) -> None:
+    """Best val/loss against each swept parameter, for the runs that completed."""
+    done = [row for row in rows if not sort_key(row)[0]]
+    params = params or ["run"]
+    fig, _ = plt.subplots(1, len(params), figsize=(4.5 * len(params), 3.8), squeeze=False)
+    for ax, param in zip(fig.axes, params, strict=True):
+        values = [as_number(row["params"].get(param, row["run"])) for row in done]
+        if not all(isinstance(v, float) for v in values):
+            values = [str(v) for v in values]
+        points = sorted(zip(values, (row["best_val_loss"] for row in done), strict=True))
+        ax.plot([x for x, _ in points], [y for _, y in points], "o-")
+        if points and isinstance(points[0][0], float) and points[0][0] > 0:
+            if points[-1][0] / points[0][0] >= 100:
+                ax.set_xscale("log")
+        ax.set_xlabel(param)
+        ax.set_ylabel("best val/loss (nats)")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{path.parent.name}: {len(done)} of {len(rows)} runs completed", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", type=Path)
+    sweep_dir = parser.parse_args().sweep_dir
+    runs = sorted(p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir())
+    if not runs:
+        raise SystemExit(f"Error: no runs (folders with .hydra/) in {sweep_dir}")
+    rows = sorted((read_run(run) for run in runs), key=sort_key)
+    params = swept(rows)
+    columns = ["run", "status", *params, *METRICS, "reason"]
+    table = [[row["params"].get(c, "") if c in params else row.get(c, "") for c in columns]
+             for row in rows]  # fmt: skip
+    cells = [[f"{v:.2f}" if isinstance(v, float) else str(v) for v in line] for line in table]
+
+    with open(sweep_dir / "summary.csv", "w", newline="") as file:
+        csv.writer(file).writerows([columns, *table])
+    markdown = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    markdown += ["| " + " | ".join(line) + " |" for line in cells]
+    (sweep_dir / "summary.md").write_text("\n".join(markdown) + "\n")
+    plot(rows, params, sweep_dir / "summary.png")
+
+    widths = [max(len(c), *(len(line[i]) for line in cells)) for i, c in enumerate(columns)]
+    for line in [columns, *cells]:
+        print("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip())
+    print(f"\nWrote summary.csv, summary.md and summary.png in {sweep_dir}")
+
+
+if __name__ == "__main__":
+    main()
