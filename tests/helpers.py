@@ -1,7 +1,10 @@
 """Test-only pieces that a run can be told to use through its config (`_target_`)."""
 
+import hashlib
+import json
 import os
 import signal
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -34,3 +37,21 @@ class ExplodingVAE(VAEModule):
         if stage == "train" and self.global_step >= self.explode_at_step:
             return loss * torch.nan
         return loss
+
+
+class RecordExamples(L.Callback):
+    """Write a fingerprint of each training example this process sees, one file an epoch."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = Path(folder)
+        self.seen: list[str] = []
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: object, batch: Tensor, *args: object
+    ) -> None:
+        self.seen += [hashlib.md5(row.cpu().numpy().tobytes()).hexdigest() for row in batch]
+
+    def on_train_epoch_end(self, trainer: L.Trainer, *args: object) -> None:
+        name = f"seen-epoch{trainer.current_epoch}-rank{trainer.global_rank}.json"
+        (self.folder / name).write_text(json.dumps(self.seen))
+        self.seen = []

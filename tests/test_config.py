@@ -17,7 +17,7 @@ from vaelab.config import check_types
 from .conftest import ROOT
 
 CONF = ROOT / "conf"
-GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir())
+GROUPS = ["callbacks", "data", "hardware", "logger", "model", "trainer"]  # each builds objects
 
 
 def options(group: str) -> list[str]:
@@ -35,7 +35,8 @@ def compose_train(overrides: list[str], output_dir: Path) -> DictConfig:
 
 
 def test_the_groups_are_the_documented_ones() -> None:
-    assert GROUPS == ["callbacks", "data", "hardware", "logger", "model", "trainer"]
+    folders = sorted(p.name for p in CONF.iterdir() if p.is_dir())
+    assert folders == sorted([*GROUPS, "hparams_search", "hydra"])
     assert options("hardware") == ["auto", "cpu", "gpu", "multi_gpu", "multi_node"]
 
 
@@ -145,3 +146,21 @@ def test_a_wrong_type_is_named(override: str, message: str, tmp_path: Path) -> N
 
 def test_an_int_is_a_valid_float(tmp_path: Path) -> None:
     check_types(compose_train(["model.lr=1", "model.beta=4"], tmp_path))
+
+
+def test_the_optuna_search_config(tmp_path: Path) -> None:
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("train", ["hparams_search=optuna", "hidden_width=256"], True)
+    sweeper = cfg.hydra.sweeper
+    assert "OptunaSweeper" in sweeper._target_ and sweeper.direction == "minimize"
+    assert "TPESampler" in sweeper.sampler._target_ and sweeper.max_failure_rate == 1.0
+    assert set(sweeper.params) == {"model.latent_size", "hidden_width", "model.lr", "model.beta"}
+    assert cfg.model.hidden_sizes == [256]  # the searched width reaches the model
+
+
+def test_the_slurm_launcher_preset() -> None:
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("train", ["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher") and launcher.partition == "gpu"
+    assert launcher.tasks_per_node == launcher.gpus_per_node == 1  # one task per GPU, for DDP

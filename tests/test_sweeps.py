@@ -1,6 +1,7 @@
-"""Sweeps: Hydra's joblib launcher, the Optuna sweeper, failed runs and the sweep summary."""
+"""Sweeps and scale: joblib launcher, Optuna search, failed runs, sweep summary, DDP on CPU."""
 
 import csv
+import hashlib
 import json
 import subprocess
 import sys
@@ -8,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from vaelab.data import MNISTDataModule
 
 from .conftest import ROOT, TINY_RUN, run_train
 
@@ -83,3 +86,25 @@ def test_a_failed_run_does_not_sink_the_sweep_and_is_summarized(
     assert (tmp_path / "summary.png").stat().st_size > 10_000
     assert "| failed |" in (tmp_path / "summary.md").read_text()
     assert "failed" in summary.stdout
+
+
+def test_ddp_on_two_cpu_processes_sees_every_example_once(tiny_mnist: Path, tmp_path: Path) -> None:
+    result = run_train(
+        f"data.data_dir={tiny_mnist}", *TINY_RUN, "trainer.max_epochs=2",
+        f"hydra.run.dir={tmp_path}", "hardware=cpu", "trainer.devices=2", "trainer.strategy=ddp",
+        "+callbacks.record._target_=tests.helpers.RecordExamples",
+        f"+callbacks.record.folder={tmp_path}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    data = MNISTDataModule(str(tiny_mnist), val_size=64)
+    data.setup("fit")
+    expected = sorted(hashlib.md5(row.numpy().tobytes()).hexdigest() for row in data.train_images)
+    for epoch in (0, 1):
+        shards = [
+            json.loads((tmp_path / f"seen-epoch{epoch}-rank{r}.json").read_text()) for r in (0, 1)
+        ]
+        assert len(shards[0]) == len(shards[1]) == len(expected) // 2
+        assert sorted(shards[0] + shards[1]) == expected  # each example once, across the ranks
+    summary = json.loads((tmp_path / "metrics.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs"] == 2
+    assert len(list((tmp_path / "checkpoints").glob("epoch*.ckpt"))) == 1

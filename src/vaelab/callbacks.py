@@ -13,10 +13,12 @@ from torchvision.utils import make_grid
 
 from vaelab import UserError
 from vaelab.module import VAEModule
+from vaelab.pictures import interpolation_latents, pairs_grid
 
 
 class ImageLogger(L.Callback):
-    """Each validation epoch, log validation digits above their reconstructions, and samples.
+    """Each validation epoch, log validation digits above their reconstructions, samples,
+    and interpolations between validation digits.
 
     The digits are the first of the validation set and the samples decode fixed draws from
     the prior, so the images of successive epochs show the same things.
@@ -52,12 +54,14 @@ class ImageLogger(L.Callback):
             return
         writer, step = trainer.logger.experiment, trainer.global_step
         x = self.images  # (N, 1, 28, 28)
-        pairs = torch.stack([x, pl_module.reconstruct(x)])  # (2, N, 1, 28, 28)
-        # (2, N, ...) -> (2, rows, nrow, ...) -> (rows, 2, nrow, ...) -> (2N, ...)
-        pairs = pairs.unflatten(1, (-1, self.nrow)).transpose(0, 1).flatten(0, 2)
-        writer.add_image("val/reconstructions", make_grid(pairs, self.nrow), step)
+        reconstructions = pairs_grid(x, pl_module.reconstruct(x), self.nrow)
+        writer.add_image("val/reconstructions", reconstructions, step)
         samples = pl_module.decode(self.z.to(pl_module.device))  # (num_samples, 1, 28, 28)
         writer.add_image("val/samples", make_grid(samples, self.nrow), step)
+        if rows := min(self.nrow, len(x) // 2):  # row i walks from digit i to digit rows + i
+            mean = pl_module.encode(x[: 2 * rows])[0]  # (2 * rows, latent)
+            walks = pl_module.decode(interpolation_latents(mean[:rows], mean[rows:], self.nrow))
+            writer.add_image("val/interpolations", make_grid(walks, self.nrow), step)
 
 
 class LossProgressBar(TQDMProgressBar):

@@ -29,6 +29,9 @@ MNIST_MD5 = {
 }
 MNIST_TRAIN_SIZE = 60_000
 SPLIT_SEED = 0  # the train/val split never changes with the run's seed, so val losses compare
+BINARIZE = ("none", "dynamic")
+# With binarize=dynamic, val and test are drawn once from these seeds: the same in every run.
+VAL_BINARIZE_SEED, TEST_BINARIZE_SEED = 1, 2
 
 
 def stream_seed(*keys: int) -> int:
@@ -41,36 +44,62 @@ class InMemoryBatches:
 
     It replaces a DataLoader because per-sample indexing, collation and transforms would
     cost more than the small network's forward and backward pass. The order of epoch e
-    depends only on (seed, e), so `state_dict` is just where training stands.
+    depends only on (seed, e), so `state_dict` is just where training stands. With
+    `binarize`, each batch is drawn as Bernoulli(pixel intensity) whenever it is yielded,
+    from a seed of (seed, epoch, batch): new 0/1 images each epoch, and resumable.
     """
 
-    def __init__(self, data: Tensor, batch_size: int, shuffle: bool, seed: int = 0) -> None:
+    def __init__(
+        self, data: Tensor, batch_size: int, shuffle: bool, seed: int = 0, binarize: bool = False,
+        rank: int = 0, world_size: int = 1,
+    ) -> None:  # fmt: skip
+        """Args:
+        rank, world_size: under DDP, this process takes every world_size-th example of each
+            epoch's order, from the rank-th on. As with torch's DistributedSampler, the order
+            is padded with its first examples so that every process gets as many batches.
+        """
         self.data = data
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
+        self.binarize = binarize
+        self.rank, self.world_size = rank, world_size
+        self.shard_size = math.ceil(len(data) / world_size)
         self._next = (0, 0)  # (epoch, batch) where the next iteration starts
         self._epoch = self._yielded = 0
         self._exhausted = True
 
     def __len__(self) -> int:
-        return math.ceil(len(self.data) / self.batch_size)
+        return math.ceil(self.shard_size / self.batch_size)
 
     def __iter__(self) -> Iterator[Tensor]:
         epoch, start = self._next
         self._next = (epoch + 1, 0)
         self._epoch, self._yielded, self._exhausted = epoch, start, False
-        size = self.batch_size
+        size, n = self.batch_size, len(self.data)
+        order = None  # None: the examples in their stored order, sliced without indexing
         if self.shuffle:
             generator = torch.Generator().manual_seed(stream_seed(self.seed, epoch))
-            order = torch.randperm(len(self.data), generator=generator).to(self.data.device)
+            order = torch.randperm(n, generator=generator).to(self.data.device)
+        if self.world_size > 1:
+            order = torch.arange(n, device=self.data.device) if order is None else order
+            padded = torch.cat([order, order[: self.shard_size * self.world_size - n]])
+            order = padded[self.rank :: self.world_size]  # (shard_size,)
         for i in range(start, len(self)):
             self._yielded = i + 1
-            if self.shuffle:
-                yield self.data[order[i * size : (i + 1) * size]]
+            if order is None:
+                batch = self.data[i * size : (i + 1) * size]
             else:
-                yield self.data[i * size : (i + 1) * size]
+                batch = self.data[order[i * size : (i + 1) * size]]
+            yield self._binarized(batch, epoch, i) if self.binarize else batch
         self._exhausted = True
+
+    def _binarized(self, batch: Tensor, epoch: int, index: int) -> Tensor:
+        """Each pixel drawn as Bernoulli(its intensity), seeded by (seed, epoch, index)."""
+        # The final 1 keeps this stream apart from the order's (seed, epoch): SeedSequence
+        # would read (seed, epoch, 0) as (seed, epoch), since it ignores trailing zeros.
+        seed = stream_seed(self.seed, epoch, index, 1, self.rank)  # rank 0: trailing 0 ignored
+        return torch.bernoulli(batch, generator=torch.Generator(batch.device).manual_seed(seed))
 
     def state_dict(self) -> dict[str, int]:
         """Where the next batch comes from; Lightning saves this in checkpoints.
@@ -95,10 +124,13 @@ class MNISTDataModule(L.LightningDataModule):
         eval_batch_size: int = 1000,
         val_size: int = 5000,
         seed: int = 0,
+        binarize: str = "none",
     ) -> None:
         """Args:
         data_dir: the folder holding `MNIST/raw/` in torchvision's layout.
         seed: seeds the order of training batches.
+        binarize: "none" keeps intensities; "dynamic" draws each pixel as Bernoulli(intensity),
+            anew each time a training batch is drawn, and once with fixed seeds for val and test.
         """
         super().__init__()
         require(batch_size >= 1, "batch_size", batch_size, "use a positive integer, e.g. 128")
@@ -107,6 +139,7 @@ class MNISTDataModule(L.LightningDataModule):
             0 < val_size < MNIST_TRAIN_SIZE, "val_size", val_size,
             f"use 0 < val_size < {MNIST_TRAIN_SIZE}, the size of MNIST's training set",
         )  # fmt: skip
+        require(binarize in BINARIZE, "binarize", binarize, f"use {' or '.join(BINARIZE)}")
         self.save_hyperparameters()
         self.raw_dir = Path(data_dir).expanduser().resolve() / "MNIST" / "raw"
 
@@ -129,6 +162,11 @@ class MNISTDataModule(L.LightningDataModule):
         # On a GPU the whole dataset lives in its memory: batches are sliced there, with no
         # copy from the host per step.
         device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
+        # Under DDP each process serves its shard of every split; metrics are summed over all.
+        trainer = self.trainer
+        self.shard = (
+            {"rank": trainer.global_rank, "world_size": trainer.world_size} if trainer else {}
+        )
         images = _load_images(self.hparams.data_dir, train=True)
         if self.hparams.val_size >= len(images):
             raise UserError(
@@ -139,17 +177,22 @@ class MNISTDataModule(L.LightningDataModule):
         self.val_images = images[order[: self.hparams.val_size]].to(device)
         self.train_images = images[order[self.hparams.val_size :]].to(device)
         self.test_images = _load_images(self.hparams.data_dir, train=False).to(device)
+        if self.hparams.binarize == "dynamic":
+            self.val_images = binarize_once(self.val_images, VAL_BINARIZE_SEED)
+            self.test_images = binarize_once(self.test_images, TEST_BINARIZE_SEED)
+        self.test_labels = MNIST(self.hparams.data_dir, train=False).targets  # (N,) on the CPU
 
     def train_dataloader(self) -> InMemoryBatches:
         return InMemoryBatches(
-            self.train_images, self.hparams.batch_size, shuffle=True, seed=self.hparams.seed
-        )
+            self.train_images, self.hparams.batch_size, shuffle=True, seed=self.hparams.seed,
+            binarize=self.hparams.binarize == "dynamic", **self.shard,
+        )  # fmt: skip
 
     def val_dataloader(self) -> InMemoryBatches:
-        return InMemoryBatches(self.val_images, self.hparams.eval_batch_size, shuffle=False)
+        return InMemoryBatches(self.val_images, self.hparams.eval_batch_size, False, **self.shard)
 
     def test_dataloader(self) -> InMemoryBatches:
-        return InMemoryBatches(self.test_images, self.hparams.eval_batch_size, shuffle=False)
+        return InMemoryBatches(self.test_images, self.hparams.eval_batch_size, False, **self.shard)
 
     def _missing_files(self) -> list[str]:
         return [name for name in MNIST_FILES if not (self.raw_dir / name).is_file()]
@@ -168,6 +211,12 @@ def _load_images(data_dir: str, train: bool) -> Tensor:
     """All images of one MNIST file as floats in [0, 1]: (N, 1, 28, 28)."""
     pixels = MNIST(data_dir, train=train).data  # uint8 (N, 28, 28)
     return pixels.unsqueeze(1).float().div_(255)  # (N, 28, 28) -> (N, 1, 28, 28)
+
+
+def binarize_once(images: Tensor, seed: int) -> Tensor:
+    """Each pixel drawn once as Bernoulli(its intensity), on the CPU so every device agrees."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.bernoulli(images.cpu(), generator=generator).to(images.device)
 
 
 def verify_files(raw_dir: Path) -> None:

@@ -197,13 +197,13 @@ class VAEModule(L.LightningModule):
         std = torch.exp(0.5 * logvar)
         noise_device = mean.device if generator is None else generator.device
 
+        def draw() -> Tensor:  # one draw's noise: (B, latent)
+            return torch.randn(mean.shape, generator=generator, device=noise_device).to(mean)
+
         def log_weights() -> Iterator[Tensor]:
             for start in range(0, k, chunk_size):
-                eps = torch.stack([
-                    torch.randn(mean.shape, generator=generator, device=noise_device)
-                    for _ in range(min(chunk_size, k - start))
-                ]).to(mean)  # (n, B, latent)
-                z = mean + std * eps
+                n = min(chunk_size, k - start)
+                z = mean + std * torch.stack([draw() for _ in range(n)])  # (n, B, latent)
                 logits = self.decoder(z)  # (n, B, latent) -> (n, B, 784)
                 yield log_importance_weights(logits, x, z, mean, logvar)  # (n, B)
 

@@ -1,6 +1,8 @@
-"""Plain-torch VAE networks: MLP encoder and decoder, and the reparameterization trick."""
+"""Plain-torch VAE networks: MLP and convolutional encoders and decoders, optionally
+conditioned on a vector c (a one-hot label), and the reparameterization trick."""
 
 import itertools
+import math
 from collections.abc import Sequence
 
 import torch
@@ -16,29 +18,98 @@ def mlp(sizes: Sequence[int]) -> nn.Sequential:
 
 
 class Encoder(nn.Module):
-    """q(z|x): an MLP with a mean head and a log-variance head."""
+    """q(z|x): an MLP with a mean head and a log-variance head; optionally also given c."""
 
-    def __init__(self, input_size: int, hidden_sizes: Sequence[int], latent_size: int) -> None:
+    def __init__(
+        self,
+        input_size: int,
+        hidden_sizes: Sequence[int],
+        latent_size: int,
+        condition_size: int = 0,
+    ) -> None:
         super().__init__()
-        self.body = mlp([input_size, *hidden_sizes])
+        self.body = mlp([input_size + condition_size, *hidden_sizes])
         self.mean = nn.Linear(hidden_sizes[-1], latent_size)
         self.logvar = nn.Linear(hidden_sizes[-1], latent_size)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        h = self.body(x.flatten(1))  # (B, 1, 28, 28) -> (B, 784) -> (B, hidden)
+    def forward(self, x: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        h = x.flatten(1)  # (B, 1, 28, 28) -> (B, 784)
+        h = self.body(h if c is None else torch.cat([h, c], -1))  # (B, 784 [+ C]) -> (B, hidden)
         return self.mean(h), self.logvar(h)
 
 
 class Decoder(nn.Module):
-    """p(x|z): an MLP from the latent to one Bernoulli logit per pixel."""
+    """p(x|z): an MLP from the latent (and c) to one logit per pixel."""
 
-    def __init__(self, latent_size: int, hidden_sizes: Sequence[int], output_size: int) -> None:
+    def __init__(
+        self,
+        latent_size: int,
+        hidden_sizes: Sequence[int],
+        output_size: int,
+        condition_size: int = 0,
+    ) -> None:
         super().__init__()
-        self.body = mlp([latent_size, *hidden_sizes])
+        self.body = mlp([latent_size + condition_size, *hidden_sizes])
         self.logits = nn.Linear(hidden_sizes[-1], output_size)
 
-    def forward(self, z: Tensor) -> Tensor:
-        return self.logits(self.body(z))  # (B, latent) -> (B, 784)
+    def forward(self, z: Tensor, c: Tensor | None = None) -> Tensor:
+        return self.logits(self.body(with_condition(z, c)))  # (..., latent) -> (..., 784)
+
+
+class ConvEncoder(nn.Module):
+    """q(z|x) from strided convolutions (each halves the image), then the two heads."""
+
+    def __init__(
+        self, image_shape: Sequence[int], channels: Sequence[int], latent_size: int,
+        condition_size: int = 0,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        layers: list[nn.Module] = []
+        for c_in, c_out in itertools.pairwise([image_shape[0], *channels]):
+            layers += [nn.Conv2d(c_in, c_out, kernel_size=4, stride=2, padding=1), nn.ReLU()]
+        self.body = nn.Sequential(*layers, nn.Flatten())
+        side = image_shape[-1] // 2 ** len(channels)
+        features = channels[-1] * side * side + condition_size
+        self.mean = nn.Linear(features, latent_size)
+        self.logvar = nn.Linear(features, latent_size)
+
+    def forward(self, x: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        h = self.body(x)  # (B, 1, 28, 28) -> (B, 64, 7, 7) -> (B, 3136)
+        h = h if c is None else torch.cat([h, c], -1)
+        return self.mean(h), self.logvar(h)
+
+
+class ConvDecoder(nn.Module):
+    """p(x|z): a linear layer to a small feature map, then transposed convolutions to logits."""
+
+    def __init__(
+        self, latent_size: int, channels: Sequence[int], image_shape: Sequence[int],
+        condition_size: int = 0,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        side = image_shape[-1] // 2 ** len(channels)
+        self.start = (channels[0], side, side)
+        self.project = nn.Sequential(
+            nn.Linear(latent_size + condition_size, math.prod(self.start)), nn.ReLU()
+        )
+        layers: list[nn.Module] = []
+        for c_in, c_out in itertools.pairwise([*channels, image_shape[0]]):
+            layers += [
+                nn.ConvTranspose2d(c_in, c_out, kernel_size=4, stride=2, padding=1),
+                nn.ReLU(),
+            ]
+        self.body = nn.Sequential(*layers[:-1])  # no ReLU on the logits
+
+    def forward(self, z: Tensor, c: Tensor | None = None) -> Tensor:
+        h = self.project(with_condition(z, c))  # (..., latent [+ C]) -> (..., 64 * 7 * 7)
+        leading = h.shape[:-1]
+        h = self.body(h.reshape(-1, *self.start))  # (N, 64, 7, 7) -> (N, 1, 28, 28)
+        return h.reshape(*leading, -1)  # (N, 1, 28, 28) -> (..., 784)
+
+
+def with_condition(z: Tensor, c: Tensor | None) -> Tensor:
+    """z with c appended to its last dimension; c (B, C) is repeated over z's leading draws."""
+    return z if c is None else torch.cat([z, c.expand(*z.shape[:-1], c.shape[-1])], -1)
 
 
 def reparameterize(mean: Tensor, logvar: Tensor) -> Tensor:

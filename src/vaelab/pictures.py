@@ -1,0 +1,85 @@
+"""Pictures of what a VAE learned: image grids, walks through the latent space, latent scatters.
+
+Plain torch, torchvision and matplotlib (its Figure class, not pyplot, so no backend is chosen
+for the caller); `scripts/visualize.py` and the training-time ImageLogger draw with them.
+"""
+
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor
+from torch.distributions import Normal
+from torchvision.utils import make_grid
+
+from vaelab import require
+
+
+def pairs_grid(top: Tensor, bottom: Tensor, nrow: int = 8) -> Tensor:
+    """One image: each row of `top` above the same row of `bottom`, e.g. digits above their
+    reconstructions. top, bottom (N, C, H, W) with N a multiple of nrow -> (C, H', W')."""
+    require(len(top) % nrow == 0, "len(top)", len(top), f"use a multiple of nrow={nrow}")
+    pairs = torch.stack([top, bottom])  # (2, N, C, H, W)
+    # (2, N, ...) -> (2, rows, nrow, ...) -> (rows, 2, nrow, ...) -> (2N, ...)
+    pairs = pairs.unflatten(1, (-1, nrow)).transpose(0, 1).flatten(0, 2)
+    return make_grid(pairs, nrow)
+
+
+def interpolation_latents(start: Tensor, end: Tensor, steps: int) -> Tensor:
+    """Each row walks in equal steps on the line from a start to its end, both included.
+
+    start, end (P, latent) -> (P * steps, latent), row by row: decode and grid with nrow=steps.
+    """
+    weights = torch.linspace(0, 1, steps, device=start.device)[:, None]  # (steps, 1)
+    walks = start[:, None] + weights * (end - start)[:, None]  # (P, steps, latent)
+    return walks.flatten(0, 1)  # (P, steps, latent) -> (P * steps, latent)
+
+
+def traversal_latents(z: Tensor, steps: int, limit: float = 3.0) -> Tensor:
+    """Row i varies latent dimension i from -limit to limit, the others fixed at z's values.
+
+    z (latent,) -> (latent * steps, latent), row by row: decode and grid with nrow=steps.
+    """
+    size = len(z)
+    rows = z.expand(size, steps, size).clone()  # (latent,) -> (latent rows, steps, latent)
+    dims = torch.arange(size)
+    rows[dims, :, dims] = torch.linspace(-limit, limit, steps, device=z.device)
+    return rows.flatten(0, 1)  # (latent, steps, latent) -> (latent * steps, latent)
+
+
+def manifold_latents(n: int) -> Tensor:
+    """An n x n grid of 2-D latents: evenly spaced probabilities through the standard normal's
+    inverse CDF (Kingma & Welling 2014, Fig. 4). z1 grows to the right, z2 upwards.
+
+    -> (n * n, 2), row by row from the top: decode and grid with nrow=n.
+    """
+    quantiles = Normal(0.0, 1.0).icdf((torch.arange(n) + 0.5) / n)  # (n,), increasing
+    z1 = quantiles.expand(n, n)  # columns
+    z2 = quantiles.flip(0)[:, None].expand(n, n)  # rows, the largest at the top
+    return torch.stack([z1, z2], dim=-1).flatten(0, 1)  # (n, n, 2) -> (n * n, 2)
+
+
+def principal_components(z: Tensor, k: int = 2) -> Tensor:
+    """The coordinates of z along its first k principal axes, by SVD: (N, latent) -> (N, k)."""
+    centred = z - z.mean(dim=0)
+    _, _, vh = torch.linalg.svd(centred, full_matrices=False)  # rows of vh: the axes
+    return centred @ vh[:k].T
+
+
+def latent_scatter(means: Tensor, labels: Tensor, title: str = "") -> Figure:
+    """Latent means coloured by digit label: the two latents of a 2-D model, else the first
+    two principal components (a 1-D latent is drawn against the label). means (N, latent)."""
+    means, labels = means.detach().cpu(), labels.cpu()
+    if means.shape[1] > 2:
+        points = principal_components(means)
+        axes = ("principal component 1", "principal component 2")
+    elif means.shape[1] == 2:
+        points, axes = means, ("z1", "z2")
+    else:
+        points, axes = torch.cat([means, labels[:, None].float()], dim=1), ("z1", "digit")
+    figure = Figure(figsize=(6, 6), layout="constrained")
+    ax = figure.subplots()
+    dots = ax.scatter(
+        points[:, 0], points[:, 1], c=labels, cmap="tab10", vmin=-0.5, vmax=9.5, s=3, alpha=0.6
+    )
+    ax.legend(*dots.legend_elements(), title="digit", loc="upper right", fontsize="small")
+    ax.set(xlabel=axes[0], ylabel=axes[1], title=title)
+    return figure

@@ -1,0 +1,94 @@
+"""data.binarize=dynamic: 0/1 pixels, drawn anew for each training batch, once for val and test."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from vaelab import UserError
+from vaelab.data import InMemoryBatches, MNISTDataModule
+from vaelab.train import train
+
+from .conftest import TINY_TEST
+from .test_config import compose_train
+
+
+def epoch(batches: InMemoryBatches) -> torch.Tensor:
+    return torch.cat(list(batches))
+
+
+def test_training_batches_are_drawn_anew_each_epoch() -> None:
+    intensities = torch.rand(50, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    batches = InMemoryBatches(intensities, 20, shuffle=False, seed=0, binarize=True)
+    first, second = epoch(batches), epoch(batches)
+    assert set(first.unique().tolist()) == {0.0, 1.0}
+    assert not torch.equal(first, second)
+    # Bernoulli(intensity): over many epochs, each pixel is 1 as often as its intensity says
+    frequencies = torch.stack([epoch(batches) for _ in range(400)]).mean(0)
+    assert (frequencies - intensities).abs().mean() < 0.03
+    # repeatable from the seed; another seed draws other pixels
+    same, other = (InMemoryBatches(intensities, 20, False, seed, binarize=True) for seed in (0, 1))
+    assert torch.equal(epoch(same), first) and not torch.equal(epoch(other), first)
+
+
+def test_binarized_batches_resume_where_training_stood() -> None:
+    intensities = torch.rand(30, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    reference = epoch(InMemoryBatches(intensities, 7, shuffle=True, seed=3, binarize=True))
+    interrupted = InMemoryBatches(intensities, 7, shuffle=True, seed=3, binarize=True)
+    iterator = iter(interrupted)
+    trained = [next(iterator) for _ in range(2)]
+    resumed = InMemoryBatches(intensities, 7, shuffle=True, seed=3, binarize=True)
+    resumed.load_state_dict(interrupted.state_dict())
+    assert torch.equal(torch.cat(trained + list(resumed)), reference)
+
+
+def test_val_and_test_are_binarized_once_with_a_fixed_seed(tiny_mnist: Path) -> None:
+    def setup(**kwargs: object) -> MNISTDataModule:
+        datamodule = MNISTDataModule(str(tiny_mnist), batch_size=32, val_size=64, **kwargs)
+        datamodule.setup("fit")
+        return datamodule
+
+    plain, dynamic = setup(), setup(binarize="dynamic", seed=1)
+    for images, intensities in ((dynamic.val_images, plain.val_images),
+                                (dynamic.test_images, plain.test_images)):  # fmt: skip
+        assert set(images.unique().tolist()) == {0.0, 1.0}
+        assert ((intensities > 0) & (intensities < 1)).any()  # the plain images are not 0/1
+        assert (images[intensities == 0] == 0).all() and (images[intensities == 1] == 1).all()
+        assert 0.5 < images.mean() / intensities.mean() < 1.5
+    # the same images in every epoch and in every run, whatever its seed
+    assert torch.equal(epoch(dynamic.val_dataloader()), dynamic.val_images)
+    assert torch.equal(epoch(dynamic.test_dataloader()), epoch(dynamic.test_dataloader()))
+    other_run = setup(binarize="dynamic", seed=2)
+    assert torch.equal(other_run.val_images, dynamic.val_images)
+    assert torch.equal(other_run.test_images, dynamic.test_images)
+    # training batches: 0/1 and new in each epoch
+    loader = dynamic.train_dataloader()
+    first, second = epoch(loader), epoch(loader)
+    assert set(first.unique().tolist()) == {0.0, 1.0} and not torch.equal(first, second)
+    assert torch.equal(epoch(plain.train_dataloader()).sort(0).values,
+                       plain.train_images.sort(0).values)  # fmt: skip
+
+
+def test_test_labels_belong_to_the_test_images(tiny_mnist: Path) -> None:
+    datamodule = MNISTDataModule(str(tiny_mnist), val_size=64)
+    datamodule.setup("test")
+    labels = datamodule.test_labels
+    assert labels.shape == (TINY_TEST,) and labels.dtype == torch.int64
+    # the tiny digits' label is the row of their bright bar, rows 4 + 2 * label and the next
+    bar_row = datamodule.test_images.mean(-1).squeeze(1).argmax(-1)  # (N, 1, 28, 28) -> (N,)
+    assert torch.equal((bar_row - 4) // 2, labels)
+
+
+def test_an_unknown_binarize_is_named(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="binarize='static' is invalid: use none or dynamic"):
+        MNISTDataModule(binarize="static")
+    overrides = [f"data.data_dir={tmp_path / 'no-data'}", "data.binarize=static"]
+    with pytest.raises(UserError, match="data.binarize='static' is invalid: use none or dynamic"):
+        train(compose_train(overrides, tmp_path))
+
+
+def test_the_config_reaches_the_datamodule(tmp_path: Path) -> None:
+    assert compose_train([], tmp_path).data.binarize == "none"
+    datamodule = instantiate(compose_train(["data.binarize=dynamic"], tmp_path).data)
+    assert datamodule.hparams.binarize == "dynamic"

@@ -1,0 +1,147 @@
+"""The importance-weighted log-likelihood (Burda et al. 2015): references and closed forms."""
+
+import math
+
+import pytest
+import torch
+from torch.distributions import Bernoulli, Normal
+
+from vaelab import UserError
+from vaelab.losses import (
+    bernoulli_nll,
+    gaussian_kl,
+    gaussian_log_prob,
+    iw_log_likelihood,
+    log_importance_weights,
+    log_normal_standard,
+)
+from vaelab.module import VAEModule
+
+
+def seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture
+def model() -> VAEModule:
+    torch.manual_seed(0)
+    return VAEModule(hidden_sizes=[32], latent_size=3).eval()
+
+
+@pytest.fixture
+def x() -> torch.Tensor:
+    return torch.rand(6, 1, 28, 28, generator=seeded(1)).bernoulli(generator=seeded(2))
+
+
+def test_gaussian_log_probs_equal_torch_distributions() -> None:
+    torch.manual_seed(0)
+    z, mean, logvar = torch.randn(5, 4, 3), torch.randn(4, 3), torch.randn(4, 3)
+    expected = Normal(mean, (0.5 * logvar).exp()).log_prob(z).sum(-1)
+    assert gaussian_log_prob(z, mean, logvar).shape == (5, 4)
+    torch.testing.assert_close(gaussian_log_prob(z, mean, logvar), expected)
+    torch.testing.assert_close(log_normal_standard(z), Normal(0.0, 1.0).log_prob(z).sum(-1))
+
+
+def test_iw_log_likelihood_is_the_log_of_the_mean_weight() -> None:
+    log_weights = torch.randn(12, 5, generator=seeded(0)) * 3  # (K, B)
+    naive = log_weights.exp().mean(0).log()
+    torch.testing.assert_close(iw_log_likelihood(log_weights), naive)
+    chunks = log_weights.split([5, 5, 2])  # a running logsumexp over chunks gives the same
+    torch.testing.assert_close(iw_log_likelihood(iter(chunks)), naive)
+
+
+def test_iw_log_likelihood_is_finite_where_exp_underflows() -> None:
+    log_weights = torch.tensor([[-800.0], [-800.0 + math.log(3)]])  # exp() is 0 in float32
+    torch.testing.assert_close(iw_log_likelihood(log_weights), torch.tensor([-800.0 + math.log(2)]))
+
+
+def test_one_sample_is_the_single_sample_negative_elbo(model: VAEModule, x: torch.Tensor) -> None:
+    """K = 1 with the same noise: -(recon + log q(z|x) - log p(z)), from torch.distributions."""
+    estimate = model.log_likelihood(x, 1, generator=seeded(3))
+    mean, logvar = model.encode(x)
+    z = mean + (0.5 * logvar).exp() * torch.randn(mean.shape, generator=seeded(3))
+    recon = -Bernoulli(logits=model.decoder(z)).log_prob(x.flatten(1)).sum(-1)
+    log_q = Normal(mean, (0.5 * logvar).exp()).log_prob(z).sum(-1)
+    kl_sample = log_q - Normal(0.0, 1.0).log_prob(z).sum(-1)
+    torch.testing.assert_close(estimate, -(recon + kl_sample))
+
+
+def test_k_samples_are_the_log_mean_of_k_single_ones(model: VAEModule, x: torch.Tensor) -> None:
+    """Draw i has its own noise, so K draws at once are K single draws in a row; by Jensen's
+    inequality their log-mean weight is never below their mean log-weight."""
+    noise = seeded(4)
+    singles = torch.stack([model.log_likelihood(x, 1, generator=noise) for _ in range(20)])
+    estimate = model.log_likelihood(x, 20, generator=seeded(4))
+    torch.testing.assert_close(estimate, torch.logsumexp(singles, 0) - math.log(20))
+    assert (estimate >= singles.mean(0)).all()
+
+
+def test_chunks_change_nothing(model: VAEModule, x: torch.Tensor) -> None:
+    whole = model.log_likelihood(x, 10, chunk_size=10, generator=seeded(5))
+    for chunk_size in (1, 3, 64):
+        chunked = model.log_likelihood(x, 10, chunk_size=chunk_size, generator=seeded(5))
+        torch.testing.assert_close(chunked, whole)
+    assert not torch.equal(whole, model.log_likelihood(x, 10, generator=seeded(6)))
+
+
+def test_the_iw_estimate_tightens_the_elbo(model: VAEModule, x: torch.Tensor) -> None:
+    """E[L_1] = ELBO <= E[L_5] <= E[L_50] (Burda et al. 2015, Theorem 1), per example."""
+    torch.manual_seed(7)
+    elbos = []
+    for _ in range(400):
+        logits, mean, logvar = model(x)
+        elbos.append(-(bernoulli_nll(logits, x) + gaussian_kl(mean, logvar)))
+    elbos = torch.stack(elbos)  # (draws, B), the ELBO with its KL in closed form
+    noise = seeded(8)
+    l1 = torch.stack([model.log_likelihood(x, 1, generator=noise) for _ in range(400)])
+    l5 = torch.stack([model.log_likelihood(x, 5, generator=noise) for _ in range(400)]).mean(0)
+    l50 = torch.stack([model.log_likelihood(x, 50, generator=noise) for _ in range(40)]).mean(0)
+    # K = 1 estimates the ELBO: the two means agree within four standard errors
+    standard_error = (elbos.var(0) / len(elbos) + l1.var(0) / len(l1)).sqrt()
+    assert ((l1.mean(0) - elbos.mean(0)).abs() < 4 * standard_error).all()
+    assert (l5 > elbos.mean(0) + 4 * standard_error).all()
+    assert (l50 > l5 + 0.2).all()  # standard errors: about 0.05 each
+
+
+def z_blind_model(prior_as_posterior: bool) -> VAEModule:
+    """A VAE whose decoder ignores z, so p(x|z) = p(x) for every z, and whose q(z|x) is fixed:
+    the prior itself, or N(0.3, 1.3^2) in each latent dimension."""
+    torch.manual_seed(0)
+    model = VAEModule(hidden_sizes=[16], latent_size=2).eval()
+    with torch.no_grad():
+        model.decoder.body[0].weight.zero_()
+        for head in (model.encoder.mean, model.encoder.logvar):
+            head.weight.zero_()
+        model.encoder.mean.bias.fill_(0.0 if prior_as_posterior else 0.3)
+        model.encoder.logvar.bias.fill_(0.0 if prior_as_posterior else 2 * math.log(1.3))
+    return model
+
+
+def test_exact_when_q_is_the_posterior(x: torch.Tensor) -> None:
+    """With q(z|x) = p(z) = p(z|x) every weight is p(x): the estimate is exact for any K."""
+    model = z_blind_model(prior_as_posterior=True)
+    log_px = -bernoulli_nll(model.decoder(torch.zeros(len(x), 2)), x)
+    for k in (1, 7):
+        torch.testing.assert_close(model.log_likelihood(x, k, generator=seeded(0)), log_px)
+
+
+def test_converges_to_log_px_when_q_is_not_the_posterior(x: torch.Tensor) -> None:
+    """q(z|x) != p(z|x) = p(z): E[log w] = log p(x) - KL(q || p) in closed form, L_K -> log p(x)."""
+    model = z_blind_model(prior_as_posterior=False)
+    log_px = -bernoulli_nll(model.decoder(torch.zeros(len(x), 2)), x)
+    mean, logvar = model.encode(x)  # (B, 2) each
+    gap = gaussian_kl(mean, logvar)  # 0.26 nats per example
+    z = mean + (0.5 * logvar).exp() * torch.randn(20000, *mean.shape, generator=seeded(1))
+    log_weights = log_importance_weights(model.decoder(z), x, z, mean, logvar)  # (20000, B)
+    standard_error = log_weights.std(0) / math.sqrt(len(log_weights))  # 0.006
+    assert ((log_weights.mean(0) - (log_px - gap)).abs() < 4 * standard_error).all()
+    estimate = model.log_likelihood(x, 20000, chunk_size=5000, generator=seeded(2))
+    torch.testing.assert_close(estimate, log_px, atol=0.02, rtol=0)  # standard error 0.004
+    assert (gap > 0.2).all()  # so the ELBO lies well below what the IW estimate reached
+
+
+def test_a_bad_number_of_samples_is_named(model: VAEModule, x: torch.Tensor) -> None:
+    with pytest.raises(UserError, match="k=0 is invalid: use a positive number"):
+        model.log_likelihood(x, 0)
+    with pytest.raises(UserError, match="chunk_size=0 is invalid"):
+        model.log_likelihood(x, 5, chunk_size=0)

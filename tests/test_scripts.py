@@ -1,0 +1,123 @@
+"""End to end: `python scripts/evaluate.py` and `python scripts/visualize.py` on a tiny run."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from .conftest import ROOT, TINY_RUN, TINY_TEST, run_train
+
+METRICS = {"test/loss", "test/recon", "test/kl", "test/nll_iw", "test/nll_iw_bpd"}
+
+
+def run_script(name: str, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """Run `python scripts/NAME.py ARGS` as a user would."""
+    command = [sys.executable, str(ROOT / "scripts" / f"{name}.py"), *args]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def read_events(run_dir: Path) -> EventAccumulator:
+    events = EventAccumulator(str(run_dir), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    return events
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_mnist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A two-epoch run with a 2-D latent on dynamically binarized tiny data."""
+    run_dir = tmp_path_factory.mktemp("run")
+    result = run_train(
+        f"data.data_dir={tiny_mnist}", *TINY_RUN, "trainer.max_epochs=2", "model.latent_size=2",
+        "data.binarize=dynamic", f"hydra.run.dir={run_dir}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def evaluations(run_dir: Path, tiny_mnist: Path) -> list[tuple[dict, str]]:
+    """metrics.json and the printed table after evaluating the best checkpoint twice, named
+    once by its run folder and once by its path."""
+    (best,) = (run_dir / "checkpoints").glob("epoch*.ckpt")
+    results = []
+    for name in (f"run_dir={run_dir}", f"ckpt_path={best}"):
+        result = run_script("evaluate", name, f"data_dir={tiny_mnist}", "iw_samples=20")
+        assert result.returncode == 0, result.stderr
+        results.append((json.loads((run_dir / "metrics.json").read_text()), result.stdout))
+    return results
+
+
+def test_evaluate_reports_the_test_metrics(evaluations: list, run_dir: Path) -> None:
+    summary, table = evaluations[0]
+    evaluation = summary["evaluation"]
+    assert summary["status"] == "completed" and "test/loss" in summary["metrics"]  # training's
+    assert Path(evaluation["checkpoint"]).name.startswith("epoch")  # the best, not last.ckpt
+    assert evaluation["binarize"] == "dynamic"  # the run's data settings
+    assert (evaluation["iw_samples"], evaluation["test_images"]) == (20, TINY_TEST)
+    metrics = evaluation["metrics"]
+    assert set(metrics) == METRICS
+    assert metrics["test/loss"] == pytest.approx(metrics["test/recon"] + metrics["test/kl"])
+    assert 0 < metrics["test/nll_iw"] <= metrics["test/loss"] < 784 * math.log(2)
+    assert metrics["test/nll_iw_bpd"] == pytest.approx(metrics["test/nll_iw"] / (784 * math.log(2)))
+    for name in METRICS:
+        assert name in table
+    assert f"{metrics['test/nll_iw']:.3f}" in table
+    logged = read_events(run_dir).Scalars("test/nll_iw")  # one point per evaluation
+    assert [event.value for event in logged] == pytest.approx([metrics["test/nll_iw"]] * 2)
+    assert {event.step for event in logged} == {evaluation["global_step"]} != {0}
+
+
+def test_two_evaluations_agree_exactly(evaluations: list) -> None:
+    (first, _), (second, _) = evaluations
+    assert first["evaluation"]["metrics"] == second["evaluation"]["metrics"]
+    assert first["evaluation"]["checkpoint"] == second["evaluation"]["checkpoint"]
+
+
+def test_visualize_writes_the_pictures(run_dir: Path, tiny_mnist: Path) -> None:
+    last = run_dir / "checkpoints" / "last.ckpt"
+    result = run_script("visualize", f"ckpt_path={last}", f"data_dir={tiny_mnist}")
+    assert result.returncode == 0, result.stderr
+    figures = run_dir / "figures"
+    sizes = {path.stem: Image.open(path).size for path in figures.glob("*.png")}
+    assert set(sizes) == {
+        "reconstructions", "samples", "interpolations", "traversals", "manifold", "latent_means",
+    }  # fmt: skip
+    cell = 28 + 2  # make_grid pads by 2 pixels
+    assert sizes["reconstructions"] == (8 * cell + 2, 8 * cell + 2)  # 4 pairs of rows of 8
+    assert sizes["traversals"] == (11 * cell + 2, 2 * cell + 2)  # one row per latent dimension
+    assert sizes["manifold"] == (20 * cell + 2, 20 * cell + 2)
+    events = read_events(run_dir)
+    assert {"test/samples", "test/manifold", "test/latent_means"} <= set(events.Tags()["images"])
+    assert "val/interpolations" in events.Tags()["images"]  # logged during training
+    (embedding,) = run_dir.glob("*/test_latent_means")
+    assert len((embedding / "metadata.tsv").read_text().splitlines()) == TINY_TEST
+    assert (run_dir / "projector_config.pbtxt").is_file()
+
+
+@pytest.mark.parametrize(
+    "script,args,message",
+    [
+        ("evaluate", [], "give exactly one of ckpt_path=PATH"),
+        ("evaluate", ["ckpt_path=a.ckpt", "run_dir=."], "got both"),
+        ("evaluate", ["ckpt_path=missing.ckpt"], "ckpt_path=missing.ckpt: there is no such file"),
+        ("evaluate", ["run_dir=."], "should hold one best checkpoint checkpoints/epoch*.ckpt"),
+        ("evaluate", ["ckpt_path=notes.ckpt", "iw_samples=0"], "iw_samples=0 is invalid"),
+        ("evaluate", ["iw_sample=5"], "Could not override 'iw_sample'"),
+        ("visualize", ["run_dir=nowhere"], "run_dir=nowhere: there is no such folder"),
+    ],
+)
+def test_mistakes_are_one_clear_message(
+    script: str, args: list[str], message: str, tmp_path: Path
+) -> None:
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_text("")  # no best checkpoint
+    (tmp_path / "notes.ckpt").write_text("not a checkpoint")
+    result = run_script(script, *args, cwd=tmp_path)
+    assert result.returncode != 0
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "notes.ckpt"]
