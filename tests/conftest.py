@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_TRAIN, TINY_TEST = 320, 160
@@ -66,3 +67,10 @@ def run_train(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
         env={**os.environ, **offline},
         timeout=300,
     )
+
+
+def read_events(run_dir: Path) -> EventAccumulator:
+    """All scalars and images of the TensorBoard event files in a run folder."""
+    events = EventAccumulator(str(run_dir), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    return events

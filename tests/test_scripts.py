@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from .conftest import ROOT, TINY_RUN, TINY_TEST, run_train
+from .conftest import ROOT, TINY_RUN, TINY_TEST, read_events, run_train
 
 METRICS = {"test/loss", "test/recon", "test/kl", "test/nll_iw", "test/nll_iw_bpd"}
 
@@ -19,12 +18,6 @@ def run_script(name: str, *args: str, cwd: Path = ROOT) -> subprocess.CompletedP
     """Run `python scripts/NAME.py ARGS` as a user would."""
     command = [sys.executable, str(ROOT / "scripts" / f"{name}.py"), *args]
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300)
-
-
-def read_events(run_dir: Path) -> EventAccumulator:
-    events = EventAccumulator(str(run_dir), size_guidance={"images": 0, "scalars": 0})
-    events.Reload()
-    return events
 
 
 @pytest.fixture(scope="module")

@@ -5,23 +5,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from vaelab.data import MNIST_FILES
 from vaelab.module import VAEModule
 from vaelab.train import train
 
-from .conftest import TINY_RUN, run_train
+from .conftest import TINY_RUN, read_events, run_train
 from .test_config import compose_train
 
 STEPS_PER_EPOCH = 8  # 256 training images in batches of 32
 METRICS = {f"{stage}/{q}" for stage in ("train", "val", "test") for q in ("loss", "recon", "kl")}
-
-
-def read_events(run_dir: Path) -> EventAccumulator:
-    events = EventAccumulator(str(run_dir), size_guidance={"images": 0, "scalars": 0})
-    events.Reload()
-    return events
 
 
 @pytest.fixture(scope="module")
