@@ -5,9 +5,12 @@ in outputs/, which `tensorboard --logdir outputs` shows.
 """
 
 import hashlib
+import sys
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
+
+from vaelab.runs import quote_paths
 
 
 def run_name(overrides: str, limit: int = 150) -> str:
@@ -30,4 +33,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = quote_paths(sys.argv[1:])  # so sweep folders, named a=b,c=d, can be given
     main()

@@ -10,12 +10,13 @@ metrics.json under "evaluation", and logs test/nll_iw to the run's TensorBoard.
 
 import json
 import math
+import sys
 
 import hydra
 from omegaconf import DictConfig
 
 from vaelab import UserError, require
-from vaelab.runs import find_checkpoint
+from vaelab.runs import find_checkpoint, quote_paths
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -40,7 +41,6 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     from torch.utils.tensorboard import SummaryWriter
 
     from vaelab.data import MNISTDataModule
-    from vaelab.losses import bernoulli_nll, gaussian_kl
     from vaelab.module import load_checkpoint, read_checkpoint
 
     gpu = torch.cuda.is_available()
@@ -50,16 +50,19 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     data = MNISTDataModule.load_from_checkpoint(
         checkpoint, data_dir=cfg.data_dir, eval_batch_size=cfg.batch_size, weights_only=True
     )
+    data.with_labels = model.needs_labels
     data.setup("test")
     torch.manual_seed(cfg.seed)  # the reparameterization noise of the ELBO
     iw_noise = torch.Generator().manual_seed(cfg.seed)  # the draws for the IW estimate
     sums = dict.fromkeys(["test/loss", "test/recon", "test/kl", "test/nll_iw"], 0.0)
     with torch.no_grad():
-        for x in data.test_dataloader():
+        for batch in data.test_dataloader():
+            x, labels = model.split_batch(batch)  # labels: None unless the model is conditional
             x = x.to(device)
-            logits, mean, logvar = model(x)
-            recon, kl = bernoulli_nll(logits, x), gaussian_kl(mean, logvar)  # (B,) each
-            nll_iw = -model.log_likelihood(x, cfg.iw_samples, cfg.chunk_size, generator=iw_noise)
+            recon, kl = model.loss_terms(x, labels)  # (B,) each
+            nll_iw = -model.log_likelihood(
+                x, cfg.iw_samples, cfg.chunk_size, generator=iw_noise, labels=labels
+            )
             sums["test/loss"] += (recon + kl).sum().item()
             sums["test/recon"] += recon.sum().item()
             sums["test/kl"] += kl.sum().item()
@@ -69,7 +72,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     pixels = data.test_images[0].numel()
     metrics["test/nll_iw_bpd"] = metrics["test/nll_iw"] / (pixels * math.log(2))
 
-    print(f"{checkpoint}: {count} test images, binarize={data.hparams.binarize}")
+    likelihood = model.hparams.likelihood
+    print(f"{checkpoint}: {count} test images, binarize={data.hparams.binarize}, {likelihood}")
+    if model.needs_labels:
+        print("A conditional model: test/nll_iw estimates -log p(x | label), not -log p(x).")
     print(f"{'metric':<16} {'value':>9}  unit")
     units = {"test/nll_iw": f"nats per image, K={cfg.iw_samples}", "test/nll_iw_bpd": "bits/dim"}
     for name, value in metrics.items():
@@ -84,6 +90,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         "iw_samples": cfg.iw_samples,
         "seed": cfg.seed,
         "binarize": data.hparams.binarize,
+        "likelihood": likelihood,
+        "conditional": model.needs_labels,
         "test_images": count,
         "metrics": metrics,
     }
@@ -96,4 +104,5 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = quote_paths(sys.argv[1:])  # so sweep folders, named a=b,c=d, can be given
     main()

@@ -6,15 +6,19 @@
 Draws test digits above their reconstructions, samples from the prior, interpolations
 between test digits, latent traversals, the test set's latent means coloured by digit (their
 first two principal components beyond 2 dimensions) and, for a 2-D latent, the learned
-manifold; TensorBoard also gets the latent means for its embedding projector.
+manifold; TensorBoard also gets the latent means for its embedding projector. For a
+conditional model the samples have one row per class (the same draws of z in each column),
+and there are no interpolations or manifold, which would need one label for many digits.
 Settings: conf/visualize.yaml.
 """
+
+import sys
 
 import hydra
 from omegaconf import DictConfig
 
 from vaelab import UserError, require
-from vaelab.runs import find_checkpoint
+from vaelab.runs import find_checkpoint, quote_paths
 
 NROW = 8  # images per row of the reconstructions and samples
 STEPS = 11  # images per interpolation and per traversal, so the middle one is the midpoint
@@ -57,20 +61,36 @@ def visualize(cfg: DictConfig) -> None:
     data.setup("test")
     images, labels = data.test_images, data.test_labels  # (N, 1, 28, 28), (N,)
     noise = torch.Generator().manual_seed(cfg.seed)
+    conditional = model.needs_labels
+
+    def given(rows: slice) -> torch.Tensor | None:  # the labels a conditional model is given
+        return labels[rows] if conditional else None
+
     with torch.no_grad():
-        means = torch.cat([model.encode(x)[0] for x in images.split(1000)])  # (N, latent)
+        batches = range(0, len(images), 1000)
+        means = [model.encode(images[i : i + 1000], given(slice(i, i + 1000)))[0] for i in batches]
+        means = torch.cat(means)  # (N, latent)
         digits = images[: 4 * NROW]
-        # Row i walks from test digit i to test digit i + NROW.
-        walks = interpolation_latents(means[:NROW], means[NROW : 2 * NROW], STEPS)
         # The first test digit; row i moves latent dimension i from -3 to 3.
         traversals = traversal_latents(means[0], STEPS)
+        traversal_labels = given(slice(0, 1)).expand(len(traversals)) if conditional else None
         grids = {
-            "reconstructions": pairs_grid(digits, model.reconstruct(digits), NROW),
-            "samples": make_grid(model.sample(NROW * NROW, generator=noise), NROW),
-            "interpolations": make_grid(model.decode(walks), STEPS),
-            "traversals": make_grid(model.decode(traversals), STEPS),
+            "reconstructions": pairs_grid(
+                digits, model.reconstruct(digits, given(slice(4 * NROW))), NROW
+            ),
+            "traversals": make_grid(model.decode(traversals, traversal_labels), STEPS),
         }
-        if model.hparams.latent_size == 2:
+        if conditional:  # row k: class k, the same NROW draws of z in every row
+            classes = torch.arange(model.hparams.num_classes)
+            z = torch.randn(NROW, model.hparams.latent_size, generator=noise)
+            samples = model.decode(z.repeat(len(classes), 1), classes.repeat_interleave(NROW))
+            grids["samples"] = make_grid(samples, NROW)
+        else:
+            grids["samples"] = make_grid(model.sample(NROW * NROW, generator=noise), NROW)
+            # Row i walks from test digit i to test digit i + NROW.
+            walks = interpolation_latents(means[:NROW], means[NROW : 2 * NROW], STEPS)
+            grids["interpolations"] = make_grid(model.decode(walks), STEPS)
+        if model.hparams.latent_size == 2 and not conditional:
             manifold = model.decode(manifold_latents(MANIFOLD_SIZE))
             grids["manifold"] = make_grid(manifold, MANIFOLD_SIZE)
 
@@ -94,4 +114,5 @@ def visualize(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = quote_paths(sys.argv[1:])  # so sweep folders, named a=b,c=d, can be given
     main()

@@ -69,6 +69,12 @@ def run_train(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     )
 
 
+def run_script(name: str, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """Run `python scripts/NAME.py ARGS` as a user would."""
+    command = [sys.executable, str(ROOT / "scripts" / f"{name}.py"), *args]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
 def read_events(run_dir: Path) -> EventAccumulator:
     """All scalars and images of the TensorBoard event files in a run folder."""
     events = EventAccumulator(str(run_dir), size_guidance={"images": 0, "scalars": 0})

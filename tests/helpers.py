@@ -32,8 +32,8 @@ class ExplodingVAE(VAEModule):
         super().__init__(**kwargs)
         self.explode_at_step = explode_at_step
 
-    def _shared_step(self, x: Tensor, stage: str) -> Tensor:
-        loss = super()._shared_step(x, stage)
+    def _shared_step(self, x: Tensor, stage: str, weight: float = 1.0) -> Tensor:
+        loss = super()._shared_step(x, stage, weight)
         if stage == "train" and self.global_step >= self.explode_at_step:
             return loss * torch.nan
         return loss

@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vaelab import UserError
 from vaelab.config import check_types
@@ -36,7 +36,7 @@ def compose_train(overrides: list[str], output_dir: Path) -> DictConfig:
 
 def test_the_groups_are_the_documented_ones() -> None:
     folders = sorted(p.name for p in CONF.iterdir() if p.is_dir())
-    assert folders == sorted([*GROUPS, "hparams_search", "hydra"])
+    assert folders == sorted([*GROUPS, "experiment", "hparams_search", "hydra"])
     assert options("hardware") == ["auto", "cpu", "gpu", "multi_gpu", "multi_node"]
 
 
@@ -56,6 +56,29 @@ def test_every_option_builds(group: str, option: str, tmp_path: Path) -> None:
     else:
         built = instantiate(cfg[group])
         assert type(built).__name__ == cfg[group]._target_.rsplit(".", 1)[-1]
+
+
+EXPERIMENTS = {
+    "beta4": {"model.beta": 4.0, "model.kl_warmup_epochs": 5, "trainer.max_epochs": 20},
+    "conv": {"model.network": "conv", "model.hidden_sizes": [32, 64]},
+    "continuous_bernoulli": {"model.likelihood": "continuous_bernoulli"},
+    "cvae": {"model.num_classes": 10},
+    "iwae_k5": {"model.iw_samples": 5, "data.binarize": "dynamic"},
+    "latent2_manifold": {"model.latent_size": 2, "trainer.max_epochs": 20},
+}
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_every_experiment_sets_what_it_says_and_builds(experiment: str, tmp_path: Path) -> None:
+    cfg = compose_train([f"experiment={experiment}"], tmp_path)
+    check_types(cfg)
+    expected = EXPERIMENTS[experiment]
+    assert {key: OmegaConf.select(cfg, key) for key in expected} == expected
+    model = instantiate(cfg.model, _convert_="all")
+    assert {f"model.{k}": v for k, v in model.hparams.items() if f"model.{k}" in expected} == {
+        k: v for k, v in expected.items() if k.startswith("model.")
+    }
+    assert sorted(EXPERIMENTS) == options("experiment")
 
 
 @pytest.mark.parametrize(

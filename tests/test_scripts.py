@@ -2,22 +2,16 @@
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from .conftest import ROOT, TINY_RUN, TINY_TEST, read_events, run_train
+from vaelab.runs import quote_paths
+
+from .conftest import TINY_RUN, TINY_TEST, read_events, run_script, run_train
 
 METRICS = {"test/loss", "test/recon", "test/kl", "test/nll_iw", "test/nll_iw_bpd"}
-
-
-def run_script(name: str, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    """Run `python scripts/NAME.py ARGS` as a user would."""
-    command = [sys.executable, str(ROOT / "scripts" / f"{name}.py"), *args]
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -114,3 +108,15 @@ def test_mistakes_are_one_clear_message(
     assert result.returncode != 0
     assert message in result.stderr and "Traceback" not in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "notes.ckpt"]
+
+
+def test_paths_are_quoted_for_hydra() -> None:
+    """A sweep job's folder holds `=` and `,`, which Hydra's grammar takes only quoted."""
+    args = [
+        "run_dir=outputs/multirun/x/0_model.latent_size=2,model.hidden_sizes=[64]",
+        "ckpt_path=null", "data_dir='already quoted'", "iw_samples=5", "model.hidden_sizes=[1,2]",
+    ]  # fmt: skip
+    assert quote_paths(args) == [
+        "run_dir='outputs/multirun/x/0_model.latent_size=2,model.hidden_sizes=[64]'",
+        *args[1:],
+    ]

@@ -21,7 +21,9 @@ class ImageLogger(L.Callback):
     and interpolations between validation digits.
 
     The digits are the first of the validation set and the samples decode fixed draws from
-    the prior, so the images of successive epochs show the same things.
+    the prior, so the images of successive epochs show the same things. A conditional model's
+    samples have one row per class, each row decoding the same nrow draws, and no
+    interpolations: two digits of different classes have no label for the way between them.
     """
 
     def __init__(self, num_images: int = 32, num_samples: int = 64, nrow: int = 8) -> None:
@@ -31,6 +33,7 @@ class ImageLogger(L.Callback):
         self.num_samples = num_samples
         self.nrow = nrow
         self.images: Tensor | None = None
+        self.labels: Tensor | None = None
         self.z: Tensor | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: VAEModule, stage: str) -> None:
@@ -42,22 +45,29 @@ class ImageLogger(L.Callback):
         trainer: L.Trainer,
         pl_module: VAEModule,
         outputs: Any,
-        batch: Tensor,
+        batch: Tensor | tuple[Tensor, Tensor],
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
         if batch_idx == 0:
-            self.images = batch[: self.num_images]
+            images, labels = pl_module.split_batch(batch)
+            self.images = images[: self.num_images]
+            self.labels = None if labels is None else labels[: self.num_images]
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: VAEModule) -> None:
         if trainer.sanity_checking or not isinstance(trainer.logger, TensorBoardLogger):
             return
         writer, step = trainer.logger.experiment, trainer.global_step
-        x = self.images  # (N, 1, 28, 28)
-        reconstructions = pairs_grid(x, pl_module.reconstruct(x), self.nrow)
+        x, z = self.images, self.z.to(pl_module.device)  # (N, 1, 28, 28), (num_samples, latent)
+        reconstructions = pairs_grid(x, pl_module.reconstruct(x, self.labels), self.nrow)
         writer.add_image("val/reconstructions", reconstructions, step)
-        samples = pl_module.decode(self.z.to(pl_module.device))  # (num_samples, 1, 28, 28)
-        writer.add_image("val/samples", make_grid(samples, self.nrow), step)
+        if pl_module.needs_labels:
+            classes = torch.arange(pl_module.hparams.num_classes, device=pl_module.device)
+            z = z[: self.nrow].repeat(len(classes), 1)  # (classes * nrow, latent)
+            samples = pl_module.decode(z, classes.repeat_interleave(self.nrow))
+            writer.add_image("val/samples", make_grid(samples, self.nrow), step)
+            return
+        writer.add_image("val/samples", make_grid(pl_module.decode(z), self.nrow), step)
         if rows := min(self.nrow, len(x) // 2):  # row i walks from digit i to digit rows + i
             mean = pl_module.encode(x[: 2 * rows])[0]  # (2 * rows, latent)
             walks = pl_module.decode(interpolation_latents(mean[:rows], mean[rows:], self.nrow))

@@ -51,14 +51,16 @@ class InMemoryBatches:
 
     def __init__(
         self, data: Tensor, batch_size: int, shuffle: bool, seed: int = 0, binarize: bool = False,
-        rank: int = 0, world_size: int = 1,
+        rank: int = 0, world_size: int = 1, labels: Tensor | None = None,
     ) -> None:  # fmt: skip
         """Args:
+        labels: if given, (N,) labels of the data, and batches are (images, labels) pairs.
         rank, world_size: under DDP, this process takes every world_size-th example of each
             epoch's order, from the rank-th on. As with torch's DistributedSampler, the order
             is padded with its first examples so that every process gets as many batches.
         """
         self.data = data
+        self.labels = labels
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
@@ -72,7 +74,7 @@ class InMemoryBatches:
     def __len__(self) -> int:
         return math.ceil(self.shard_size / self.batch_size)
 
-    def __iter__(self) -> Iterator[Tensor]:
+    def __iter__(self) -> Iterator[Tensor | tuple[Tensor, Tensor]]:
         epoch, start = self._next
         self._next = (epoch + 1, 0)
         self._epoch, self._yielded, self._exhausted = epoch, start, False
@@ -87,11 +89,11 @@ class InMemoryBatches:
             order = padded[self.rank :: self.world_size]  # (shard_size,)
         for i in range(start, len(self)):
             self._yielded = i + 1
-            if order is None:
-                batch = self.data[i * size : (i + 1) * size]
-            else:
-                batch = self.data[order[i * size : (i + 1) * size]]
-            yield self._binarized(batch, epoch, i) if self.binarize else batch
+            rows = slice(i * size, (i + 1) * size)
+            rows = rows if order is None else order[rows]  # a slice is a view: no copy
+            batch = self.data[rows]
+            batch = self._binarized(batch, epoch, i) if self.binarize else batch
+            yield batch if self.labels is None else (batch, self.labels[rows])
         self._exhausted = True
 
     def _binarized(self, batch: Tensor, epoch: int, index: int) -> Tensor:
@@ -126,7 +128,10 @@ class MNISTDataModule(L.LightningDataModule):
         seed: int = 0,
         binarize: str = "none",
     ) -> None:
-        """Args:
+        """Batches are images, or (images, labels) pairs if the model being fitted asks for
+        labels (`needs_labels`); outside a Trainer, set `with_labels` before iterating.
+
+        Args:
         data_dir: the folder holding `MNIST/raw/` in torchvision's layout.
         seed: seeds the order of training batches.
         binarize: "none" keeps intensities; "dynamic" draws each pixel as Bernoulli(intensity),
@@ -142,6 +147,7 @@ class MNISTDataModule(L.LightningDataModule):
         require(binarize in BINARIZE, "binarize", binarize, f"use {' or '.join(BINARIZE)}")
         self.save_hyperparameters()
         self.raw_dir = Path(data_dir).expanduser().resolve() / "MNIST" / "raw"
+        self.with_labels = False
 
     def prepare_data(self) -> None:
         """Download MNIST with torchvision unless it is already there."""
@@ -154,6 +160,8 @@ class MNISTDataModule(L.LightningDataModule):
                 raise UserError(self._missing_message(f"download failed: {last_line}")) from None
 
     def setup(self, stage: str) -> None:
+        if self.trainer:
+            self.with_labels = self.trainer.lightning_module.needs_labels
         if hasattr(self, "test_images"):  # Lightning calls setup for fit and again for test
             return
         if missing := self._missing_files():
@@ -167,32 +175,41 @@ class MNISTDataModule(L.LightningDataModule):
         self.shard = (
             {"rank": trainer.global_rank, "world_size": trainer.world_size} if trainer else {}
         )
-        images = _load_images(self.hparams.data_dir, train=True)
+        images, labels = _load(self.hparams.data_dir, train=True)
         if self.hparams.val_size >= len(images):
             raise UserError(
                 f"data.val_size={self.hparams.val_size} leaves no training images: "
                 f"{self.raw_dir} holds {len(images)}; use a smaller data.val_size"
             )
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(SPLIT_SEED))
-        self.val_images = images[order[: self.hparams.val_size]].to(device)
-        self.train_images = images[order[self.hparams.val_size :]].to(device)
-        self.test_images = _load_images(self.hparams.data_dir, train=False).to(device)
+        val, train = order[: self.hparams.val_size], order[self.hparams.val_size :]
+        self.val_images, self.val_labels = images[val].to(device), labels[val].to(device)
+        self.train_images, self.train_labels = images[train].to(device), labels[train].to(device)
+        self.test_images, self.test_labels = (
+            t.to(device) for t in _load(self.hparams.data_dir, train=False)
+        )
         if self.hparams.binarize == "dynamic":
             self.val_images = binarize_once(self.val_images, VAL_BINARIZE_SEED)
             self.test_images = binarize_once(self.test_images, TEST_BINARIZE_SEED)
-        self.test_labels = MNIST(self.hparams.data_dir, train=False).targets  # (N,) on the CPU
 
     def train_dataloader(self) -> InMemoryBatches:
         return InMemoryBatches(
             self.train_images, self.hparams.batch_size, shuffle=True, seed=self.hparams.seed,
             binarize=self.hparams.binarize == "dynamic", **self.shard,
+            labels=self.train_labels if self.with_labels else None,
         )  # fmt: skip
 
     def val_dataloader(self) -> InMemoryBatches:
-        return InMemoryBatches(self.val_images, self.hparams.eval_batch_size, False, **self.shard)
+        return InMemoryBatches(
+            self.val_images, self.hparams.eval_batch_size, False, **self.shard,
+            labels=self.val_labels if self.with_labels else None,
+        )  # fmt: skip
 
     def test_dataloader(self) -> InMemoryBatches:
-        return InMemoryBatches(self.test_images, self.hparams.eval_batch_size, False, **self.shard)
+        return InMemoryBatches(
+            self.test_images, self.hparams.eval_batch_size, False, **self.shard,
+            labels=self.test_labels if self.with_labels else None,
+        )  # fmt: skip
 
     def _missing_files(self) -> list[str]:
         return [name for name in MNIST_FILES if not (self.raw_dir / name).is_file()]
@@ -207,10 +224,10 @@ class MNISTDataModule(L.LightningDataModule):
         )
 
 
-def _load_images(data_dir: str, train: bool) -> Tensor:
-    """All images of one MNIST file as floats in [0, 1]: (N, 1, 28, 28)."""
-    pixels = MNIST(data_dir, train=train).data  # uint8 (N, 28, 28)
-    return pixels.unsqueeze(1).float().div_(255)  # (N, 28, 28) -> (N, 1, 28, 28)
+def _load(data_dir: str, train: bool) -> tuple[Tensor, Tensor]:
+    """The images of one MNIST split as floats in [0, 1], (N, 1, 28, 28), and their labels (N,)."""
+    split = MNIST(data_dir, train=train)  # uint8 (N, 28, 28), int64 (N,)
+    return split.data.unsqueeze(1).float().div_(255), split.targets  # -> (N, 1, 28, 28), (N,)
 
 
 def binarize_once(images: Tensor, seed: int) -> Tensor:

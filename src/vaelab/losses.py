@@ -22,10 +22,42 @@ def bernoulli_nll(logits: Tensor, x: Tensor) -> Tensor:
     """-log p(x|z) for independent Bernoulli pixels given their logits.
 
     Binary cross-entropy from logits (stable, autocast-safe), summed over pixels:
-    logits (B, 784) and x (B, ...) with 784 values per example -> (B,).
+    logits (..., B, 784) and x (B, ...) with 784 values per example -> (..., B), e.g. K draws
+    of z decoded at once.
     """
-    target = x.flatten(1)  # (B, 1, 28, 28) -> (B, 784)
+    target = x.flatten(1).expand_as(logits)  # (B, 1, 28, 28) -> (B, 784) -> (..., B, 784)
     return F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(-1)
+
+
+def continuous_bernoulli_log_norm(logits: Tensor) -> Tensor:
+    """log C(lambda), the continuous Bernoulli's log normalizer, per pixel, from its logit eta.
+
+    C(lambda) = 2 artanh(1 - 2 lambda) / (1 - 2 lambda) (Loaiza-Ganem & Cunningham 2019,
+    Eq. 7); with lambda = sigmoid(eta) it is eta / tanh(eta / 2), even in eta. Near eta = 0,
+    where that is 0 / 0, its Taylor series log 2 + eta^2 / 12 is used instead.
+    """
+    eta = logits.float().abs()  # float32 even under autocast: tanh and log lose bits in bf16
+    small = eta < 1e-2  # there the next term, -7 eta^4 / 1440, is below float32's precision
+    safe = torch.where(small, torch.ones_like(eta), eta)
+    exact = torch.log(safe) - torch.log(torch.tanh(safe / 2))
+    return torch.where(small, math.log(2) + eta.pow(2) / 12, exact)
+
+
+def continuous_bernoulli_nll(logits: Tensor, x: Tensor) -> Tensor:
+    """-log p(x|z) for independent continuous Bernoulli pixels, a density on [0, 1].
+
+    The Bernoulli's cross-entropy minus each pixel's log normalizer; shapes as
+    `bernoulli_nll`. It can be negative: a density may exceed 1.
+    """
+    return bernoulli_nll(logits, x) - continuous_bernoulli_log_norm(logits).sum(-1)
+
+
+def kl_weight(beta: float, warmup_epochs: int, epochs_done: float) -> float:
+    """The weight of the KL term: rising linearly from 0 to beta over the first warmup_epochs
+    (Bowman et al. 2016), then beta. epochs_done counts fractions: 2.5 is mid third epoch."""
+    if warmup_epochs == 0:
+        return beta
+    return beta * min(1.0, epochs_done / warmup_epochs)
 
 
 def gaussian_log_prob(z: Tensor, mean: Tensor, logvar: Tensor) -> Tensor:
@@ -43,17 +75,15 @@ def log_normal_standard(z: Tensor) -> Tensor:
 
 
 def log_importance_weights(
-    logits: Tensor, x: Tensor, z: Tensor, mean: Tensor, logvar: Tensor
+    log_px_z: Tensor, z: Tensor, mean: Tensor, logvar: Tensor, kl_weight: float = 1.0
 ) -> Tensor:
     """log w = log p(x|z) + log p(z) - log q(z|x) for K draws z of q(z|x) (Burda et al. 2015).
 
-    logits (K, B, 784) decode z (K, B, latent); x (B, ...); mean and logvar (B, latent)
-    -> (K, B). With K = 1, -log w is the single-sample negative ELBO, recon + log q - log p.
+    log_px_z (K, B) at z (K, B, latent); mean and logvar (B, latent) -> (K, B). With K = 1,
+    -log w is the single-sample negative ELBO, recon + log q - log p. kl_weight scales
+    log p(z) - log q(z|x) as beta scales the ELBO's KL; 1 gives the true weights.
     """
-    k, b = z.shape[:2]
-    targets = x.expand(k, *x.shape).flatten(0, 1)  # (B, ...) -> (K, B, ...) -> (K*B, ...)
-    log_px_z = -bernoulli_nll(logits.flatten(0, 1), targets).view(k, b)  # (K*B,) -> (K, B)
-    return log_px_z + log_normal_standard(z) - gaussian_log_prob(z, mean, logvar)
+    return log_px_z + kl_weight * (log_normal_standard(z) - gaussian_log_prob(z, mean, logvar))
 
 
 def iw_log_likelihood(log_weights: Tensor | Iterable[Tensor]) -> Tensor:

@@ -1,18 +1,27 @@
-"""The LightningModule: trains a VAE by minimizing the negative ELBO."""
+"""The LightningModule: trains a VAE or one of its variants by minimizing its objective."""
 
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor
+from torch.distributions import ContinuousBernoulli
 
 from vaelab import UserError, require
-from vaelab.losses import bernoulli_nll, gaussian_kl, iw_log_likelihood, log_importance_weights
-from vaelab.networks import Decoder, Encoder, reparameterize
+from vaelab.losses import (
+    bernoulli_nll,
+    continuous_bernoulli_nll,
+    gaussian_kl,
+    iw_log_likelihood,
+    kl_weight,
+    log_importance_weights,
+)
+from vaelab.networks import ConvDecoder, ConvEncoder, Decoder, Encoder, reparameterize
 
 
 class DivergenceError(UserError):
@@ -20,25 +29,44 @@ class DivergenceError(UserError):
 
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+NETWORKS = ("mlp", "conv")
+LIKELIHOODS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "bernoulli": bernoulli_nll,
+    "continuous_bernoulli": continuous_bernoulli_nll,
+}
 Stage = Literal["train", "val", "test"]
 
 
 class VAEModule(L.LightningModule):
-    """A VAE (Kingma & Welling 2014) with MLP encoder and decoder and Bernoulli pixels."""
+    """A VAE (Kingma & Welling 2014): MLP or convolutional, optionally conditional, beta or IWAE."""
 
     def __init__(
         self,
         hidden_sizes: Sequence[int] = (400,),
         latent_size: int = 20,
+        network: str = "mlp",
+        num_classes: int = 0,
+        likelihood: str = "bernoulli",
         beta: float = 1.0,
+        kl_warmup_epochs: int = 0,
+        iw_samples: int = 1,
         lr: float = 1e-3,
         optimizer: str = "adam",
         compile: bool = False,
         image_shape: Sequence[int] = (1, 28, 28),
     ) -> None:
         """Args:
-        hidden_sizes: encoder widths from input to latent; the decoder mirrors them.
+        hidden_sizes: "mlp": encoder widths from input to latent, the decoder mirrors them;
+            "conv": encoder channels, one stride-2 convolution each, the decoder mirrors them.
+        network: "mlp" or "conv".
+        num_classes: above 0, a conditional VAE (Sohn et al. 2015): encoder and decoder also
+            get the one-hot label, and training batches are (images, labels) pairs.
+        likelihood: p(x|z) of each pixel: "bernoulli" (the chapter's) or
+            "continuous_bernoulli" (Loaiza-Ganem & Cunningham 2019), a density on [0, 1].
         beta: weight of the KL term in the optimized objective (beta-VAE); 1 is the ELBO.
+        kl_warmup_epochs: the KL weight rises linearly from 0 to beta over these epochs.
+        iw_samples: K above 1 trains on the importance-weighted bound L_K (IWAE, Burda et al.
+            2015) instead of the ELBO; 1 is the VAE.
         optimizer: one of "adam", "adamw", "sgd".
         compile: wrap encoder and decoder in torch.compile (worth it on a GPU).
         """
@@ -48,50 +76,95 @@ class VAEModule(L.LightningModule):
             len(hidden_sizes) > 0 and all(h >= 1 for h in hidden_sizes),
             "hidden_sizes", hidden_sizes, "use a non-empty list of positive widths, e.g. [400]",
         )  # fmt: skip
+        require(network in NETWORKS, "network", network, f"use {' or '.join(NETWORKS)}")
+        side = image_shape[-1]
+        require(
+            network != "conv" or side % 2 ** len(hidden_sizes) == 0,
+            "hidden_sizes", hidden_sizes,
+            f"each convolution halves the {side}x{side} image, so give at most "
+            f"{(side & -side).bit_length() - 1} channel counts, e.g. [32, 64]",
+        )  # fmt: skip
+        require(num_classes >= 0, "num_classes", num_classes, "use 0 (unconditional) or more")
+        accepted = " or ".join(LIKELIHOODS)
+        require(likelihood in LIKELIHOODS, "likelihood", likelihood, f"use {accepted}")
         require(beta >= 0, "beta", beta, "use a weight >= 0 (1 is the plain VAE)")
+        require(kl_warmup_epochs >= 0, "kl_warmup_epochs", kl_warmup_epochs, "use 0 (none) or more")
+        require(iw_samples >= 1, "iw_samples", iw_samples, "use 1 (the VAE) or more, e.g. 5")
         require(lr > 0, "lr", lr, "use a learning rate > 0, e.g. 1e-3")
         require(optimizer in OPTIMIZERS, "optimizer", optimizer, f"use {' or '.join(OPTIMIZERS)}")
         hidden_sizes, image_shape = list(hidden_sizes), list(image_shape)  # plain lists for hparams
         self.save_hyperparameters()
-        input_size = math.prod(image_shape)
-        self.encoder = Encoder(input_size, hidden_sizes, latent_size)
-        self.decoder = Decoder(latent_size, hidden_sizes[::-1], input_size)
+        if network == "mlp":
+            input_size = math.prod(image_shape)
+            self.encoder = Encoder(input_size, hidden_sizes, latent_size, num_classes)
+            self.decoder = Decoder(latent_size, hidden_sizes[::-1], input_size, num_classes)
+        else:
+            self.encoder = ConvEncoder(image_shape, hidden_sizes, latent_size, num_classes)
+            self.decoder = ConvDecoder(latent_size, hidden_sizes[::-1], image_shape, num_classes)
         if compile:  # in place, so checkpoints keep their keys; dynamic: the last batch is smaller
             self.encoder.compile(dynamic=True)
             self.decoder.compile(dynamic=True)
-        self._totals: dict[str, Tensor] = {}  # per stage: summed recon and KL of the epoch
+        self.nll = LIKELIHOODS[likelihood]  # -log p(x|z) from the decoder's logits, per example
+        self._totals: dict[str, Tensor] = {}  # per stage: summed recon, KL, objective of the epoch
         self._counts: dict[str, int] = {}  # per stage: examples seen in the epoch
         self._bad_step = torch.tensor(-1)  # the first step with a non-finite loss, or -1
         self._resumed: dict[str, Any] | None = None  # state to restore when training starts
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Pixel logits of a reconstruction from one sample of q(z|x), with q's mean and logvar."""
-        mean, logvar = self.encoder(x)
-        return self.decoder(reparameterize(mean, logvar)), mean, logvar
+    @property
+    def needs_labels(self) -> bool:
+        """Whether batches must be (images, labels) pairs: the DataModule asks this."""
+        return self.hparams.num_classes > 0
 
-    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
-        objective = self._shared_step(batch, "train")
+    def forward(self, x: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Pixel logits of a reconstruction from one sample of q(z|x), with q's mean and logvar."""
+        c = self._condition(labels, len(x))
+        mean, logvar = self.encoder(x, c)
+        return self.decoder(reparameterize(mean, logvar), c), mean, logvar
+
+    def training_step(self, batch: Tensor | tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        objective = self._shared_step(batch, "train", self.kl_weight())
         # The first step whose loss is not finite, tracked on the device: no host sync per step.
         finite = torch.isfinite(objective) | (self._bad_step >= 0)
         self._bad_step = torch.where(finite, self._bad_step, self.global_step)
         return objective
 
-    def validation_step(self, batch: Tensor, batch_idx: int) -> Tensor:
+    def validation_step(self, batch: Tensor | tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         return self._shared_step(batch, "val")
 
-    def test_step(self, batch: Tensor, batch_idx: int) -> Tensor:
+    def test_step(self, batch: Tensor | tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         return self._shared_step(batch, "test")
 
-    def _shared_step(self, x: Tensor, stage: Stage) -> Tensor:
-        """Add this batch's loss terms to the epoch's totals; return the mean objective."""
-        logits, mean, logvar = self(x)
-        recon, kl = bernoulli_nll(logits, x), gaussian_kl(mean, logvar)  # (B,) each
+    def _shared_step(
+        self, batch: Tensor | tuple[Tensor, Tensor], stage: Stage, weight: float = 1.0
+    ) -> Tensor:
+        """Add this batch's loss terms to the epoch's totals; return the mean objective.
+
+        The objective is the negative ELBO with its KL weighted by `weight`, or in training
+        with iw_samples = K > 1 the negative bound L_K. The logged recon and KL are always
+        the true negative ELBO's terms (recon averaged over the K draws).
+        """
+        x, labels = self.split_batch(batch)
+        c = self._condition(labels, len(x))
+        mean, logvar = self.encoder(x, c)  # (B, latent) each
+        k = self.hparams.iw_samples if stage == "train" else 1
+        z = reparameterize(mean.expand(k, *mean.shape), logvar.expand(k, *logvar.shape))
+        nll = self.nll(self.decoder(z, c), x)  # z (K, B, latent) -> logits (K, B, 784) -> (K, B)
+        recon, kl = nll.mean(0), gaussian_kl(mean, logvar)  # (B,) each
+        if k == 1:  # the ELBO with its KL in closed form: the VAE's lower-variance estimate
+            objective = recon + weight * kl
+        else:
+            objective = -iw_log_likelihood(log_importance_weights(-nll, z, mean, logvar, weight))
         # Summed here and logged once per epoch: a self.log call costs about as much as a
         # tenth of this network's training step on a CPU, and would read the value each step.
-        sums = torch.stack([recon.detach().sum(), kl.detach().sum()])
+        sums = torch.stack([recon.sum(), kl.sum(), objective.sum()]).detach()
         self._totals[stage] = self._totals.get(stage, 0) + sums
         self._counts[stage] = self._counts.get(stage, 0) + len(x)
-        return (recon + self.hparams.beta * kl).mean()
+        return objective.mean()
+
+    def kl_weight(self) -> float:
+        """The KL weight of the current training step: beta, after the warm-up's linear rise."""
+        epochs_done = self.global_step / self.trainer.num_training_batches
+        return kl_weight(self.hparams.beta, self.hparams.kl_warmup_epochs, epochs_done)
 
     def on_train_start(self) -> None:
         self._bad_step = torch.tensor(-1, device=self.device)
@@ -121,10 +194,12 @@ class VAEModule(L.LightningModule):
         """Log the epoch's means per example, summed over all processes first."""
         sums = self._totals.pop(stage)
         totals = torch.cat([sums, sums.new_tensor([self._counts.pop(stage)])])
-        recon, kl, count = self.trainer.strategy.reduce(totals, reduce_op="sum")
+        recon, kl, objective, count = self.trainer.strategy.reduce(totals, reduce_op="sum")
         metrics = {f"{stage}/recon": recon / count, f"{stage}/kl": kl / count}
-        if stage == "train":
-            metrics["train/objective"] = (recon + self.hparams.beta * kl) / count
+        if stage == "train":  # what was optimized, e.g. with beta, warm-up or K > 1
+            metrics["train/objective"] = objective / count
+            if self.hparams.kl_warmup_epochs:
+                metrics["train/kl_weight"] = self.kl_weight()  # where the epoch ended
         # Every process holds the same sums now; sync_dist only keeps Lightning from warning.
         self.log_dict(metrics, sync_dist=True)
         self.log(f"{stage}/loss", (recon + kl) / count, prog_bar=True, sync_dist=True)
@@ -153,7 +228,7 @@ class VAEModule(L.LightningModule):
         checkpoint["resume"] = {
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "totals": self._totals.get("train", torch.zeros(2)).cpu(),
+            "totals": self._totals.get("train", torch.zeros(3)).cpu(),
             "count": self._counts.get("train", 0),
         }
 
@@ -163,37 +238,67 @@ class VAEModule(L.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return OPTIMIZERS[self.hparams.optimizer](self.parameters(), lr=self.hparams.lr)
 
-    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def split_batch(self, batch: Tensor | tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor | None]:
+        """(images, labels) from a batch; labels are None unless the model is conditional."""
+        return batch if self.needs_labels else (batch, None)
+
+    def _condition(self, labels: Tensor | None, n: int) -> Tensor | None:
+        """The one-hot labels a conditional model is given, (n,) -> (n, num_classes)."""
+        if not self.needs_labels:
+            if labels is not None:
+                raise UserError("labels were given, but this model is not conditional: omit them")
+            return None
+        if labels is None or labels.shape != (n,):
+            got = "none" if labels is None else f"shape {tuple(labels.shape)}"
+            raise UserError(f"this conditional model needs labels=... of shape ({n},), got {got}")
+        return F.one_hot(labels.to(self.device), self.hparams.num_classes).to(self.dtype)
+
+    def loss_terms(self, x: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The negative ELBO's terms per example, recon from one draw of q(z|x): 2 x (B,)."""
+        logits, mean, logvar = self(x, labels)
+        return self.nll(logits, x), gaussian_kl(mean, logvar)
+
+    def encode(self, x: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Mean and log-variance of q(z|x): (B, 1, 28, 28) -> 2 x (B, latent)."""
-        return self.encoder(x)
+        return self.encoder(x, self._condition(labels, len(x)))
 
-    def decode(self, z: Tensor) -> Tensor:
-        """Pixel probabilities of p(x|z): (B, latent) -> (B, 1, 28, 28)."""
-        return torch.sigmoid(self.decoder(z)).view(-1, *self.hparams.image_shape)
+    def decode(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Pixel means of p(x|z): (B, latent) -> (B, 1, 28, 28)."""
+        logits = self.decoder(z, self._condition(labels, len(z)))  # (B, 784)
+        if self.hparams.likelihood == "bernoulli":
+            means = torch.sigmoid(logits)
+        else:  # the continuous Bernoulli's mean is not sigmoid(logits), its parameter
+            means = ContinuousBernoulli(logits=logits.float()).mean
+        return means.view(-1, *self.hparams.image_shape)
 
-    def reconstruct(self, x: Tensor) -> Tensor:
+    def reconstruct(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         """Decode the mean of q(z|x): a deterministic reconstruction."""
-        return self.decode(self.encode(x)[0])
+        return self.decode(self.encode(x, labels)[0], labels)
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """Decode n draws from the prior N(0, I)."""
+    def sample(
+        self, n: int, labels: Tensor | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Decode n draws from the prior N(0, I); a conditional model needs n labels (n,)."""
         z = torch.randn(n, self.hparams.latent_size, generator=generator, device=self.device)
-        return self.decode(z)
+        return self.decode(z, labels)
 
     @torch.no_grad()
     def log_likelihood(
-        self, x: Tensor, k: int, chunk_size: int = 100, generator: torch.Generator | None = None
-    ) -> Tensor:
+        self, x: Tensor, k: int, chunk_size: int = 100, generator: torch.Generator | None = None,
+        labels: Tensor | None = None,
+    ) -> Tensor:  # fmt: skip
         """The importance-weighted estimate of log p(x) from k draws of q(z|x): (B, ...) -> (B,).
 
         In nats per example; see `iw_log_likelihood`. The k draws are decoded chunk_size at a
         time, so memory holds chunk_size * B * 784 values whatever k is. Each draw's noise is
         its own (B, latent) tensor from `generator` (default: torch's global one), so the
         result does not depend on chunk_size, and a CPU generator serves a model on a GPU.
+        A conditional model estimates log p(x|label).
         """
         require(k >= 1, "k", k, "use a positive number of samples, e.g. 1000")
         require(chunk_size >= 1, "chunk_size", chunk_size, "use a positive integer, e.g. 100")
-        mean, logvar = self.encode(x)  # (B, latent) each
+        c = self._condition(labels, len(x))
+        mean, logvar = self.encoder(x, c)  # (B, latent) each
         std = torch.exp(0.5 * logvar)
         noise_device = mean.device if generator is None else generator.device
 
@@ -204,8 +309,8 @@ class VAEModule(L.LightningModule):
             for start in range(0, k, chunk_size):
                 n = min(chunk_size, k - start)
                 z = mean + std * torch.stack([draw() for _ in range(n)])  # (n, B, latent)
-                logits = self.decoder(z)  # (n, B, latent) -> (n, B, 784)
-                yield log_importance_weights(logits, x, z, mean, logvar)  # (n, B)
+                log_px_z = -self.nll(self.decoder(z, c), x)  # (n, B, 784) -> (n, B)
+                yield log_importance_weights(log_px_z, z, mean, logvar)  # (n, B)
 
         return iw_log_likelihood(log_weights())
 

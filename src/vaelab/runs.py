@@ -1,4 +1,4 @@
-"""Find a trained run's checkpoint and folder, for the scripts that study a trained VAE."""
+"""Run folders on the command line: quoting their paths, and finding a trained run's checkpoint."""
 
 from pathlib import Path
 
@@ -37,3 +37,29 @@ def find_checkpoint(ckpt_path: str | None, run_dir: str | None) -> tuple[Path, P
             f"but holds {found}; name the checkpoint with ckpt_path=PATH instead"
         )
     return best[0], run
+
+
+# The overrides of the entry points whose values are paths.
+PATH_KEYS = (
+    "ckpt_path",
+    "run_dir",
+    "data_dir",
+    "data.data_dir",
+    "hydra.run.dir",
+    "hydra.sweep.dir",
+)
+
+
+def quote_paths(args: list[str]) -> list[str]:
+    """Command-line arguments with path values quoted: run_dir=a/0_b=1 -> run_dir='a/0_b=1'.
+
+    Sweep folders are named after their overrides (`0_model.latent_size=2,model.beta=4`), and
+    Hydra's override grammar takes no `=`, `,` or brackets in an unquoted value: without
+    this, such a folder could not be named on the command line unless the user quoted it.
+    """
+    quoted = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        plain = value not in ("", "null") and value[0] not in "'\"" and "'" not in value
+        quoted.append(f"{key}='{value}'" if sep and key in PATH_KEYS and plain else arg)
+    return quoted
