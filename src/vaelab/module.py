@@ -146,13 +146,15 @@ class VAEModule(L.LightningModule):
         x, labels = self.split_batch(batch)
         c = self._condition(labels, len(x))
         mean, logvar = self.encoder(x, c)  # (B, latent) each
+        kl = gaussian_kl(mean, logvar)  # (B,)
         k = self.hparams.iw_samples if stage == "train" else 1
-        z = reparameterize(mean.expand(k, *mean.shape), logvar.expand(k, *logvar.shape))
-        nll = self.nll(self.decoder(z, c), x)  # z (K, B, latent) -> logits (K, B, 784) -> (K, B)
-        recon, kl = nll.mean(0), gaussian_kl(mean, logvar)  # (B,) each
         if k == 1:  # the ELBO with its KL in closed form: the VAE's lower-variance estimate
+            recon = self.nll(self.decoder(reparameterize(mean, logvar), c), x)  # (B,)
             objective = recon + weight * kl
-        else:
+        else:  # 2-D batches above: (1, B, ...) tensors make this small network's step slower
+            z = reparameterize(mean.expand(k, *mean.shape), logvar.expand(k, *logvar.shape))
+            nll = self.nll(self.decoder(z, c), x)  # (K, B, latent) -> (K, B, 784) -> (K, B)
+            recon = nll.mean(0)  # (B,)
             objective = -iw_log_likelihood(log_importance_weights(-nll, z, mean, logvar, weight))
         # Summed here and logged once per epoch: a self.log call costs about as much as a
         # tenth of this network's training step on a CPU, and would read the value each step.
