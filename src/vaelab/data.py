@@ -160,8 +160,9 @@ class MNISTDataModule(L.LightningDataModule):
                 raise UserError(self._missing_message(f"download failed: {last_line}")) from None
 
     def setup(self, stage: str) -> None:
-        if self.trainer:
-            self.with_labels = self.trainer.lightning_module.needs_labels
+        trainer = self.trainer
+        if trainer:
+            self.with_labels = trainer.lightning_module.needs_labels
         if hasattr(self, "test_images"):  # Lightning calls setup for fit and again for test
             return
         if missing := self._missing_files():
@@ -169,9 +170,8 @@ class MNISTDataModule(L.LightningDataModule):
         verify_files(self.raw_dir)
         # On a GPU the whole dataset lives in its memory: batches are sliced there, with no
         # copy from the host per step.
-        device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
+        device = trainer.strategy.root_device if trainer else torch.device("cpu")
         # Under DDP each process serves its shard of every split; metrics are summed over all.
-        trainer = self.trainer
         self.shard = (
             {"rank": trainer.global_rank, "world_size": trainer.world_size} if trainer else {}
         )
@@ -193,22 +193,25 @@ class MNISTDataModule(L.LightningDataModule):
             self.test_images = binarize_once(self.test_images, TEST_BINARIZE_SEED)
 
     def train_dataloader(self) -> InMemoryBatches:
-        return InMemoryBatches(
-            self.train_images, self.hparams.batch_size, shuffle=True, seed=self.hparams.seed,
-            binarize=self.hparams.binarize == "dynamic", **self.shard,
-            labels=self.train_labels if self.with_labels else None,
+        return self._batches(
+            self.train_images, self.train_labels, self.hparams.batch_size, shuffle=True,
+            seed=self.hparams.seed, binarize=self.hparams.binarize == "dynamic",
         )  # fmt: skip
 
     def val_dataloader(self) -> InMemoryBatches:
-        return InMemoryBatches(
-            self.val_images, self.hparams.eval_batch_size, False, **self.shard,
-            labels=self.val_labels if self.with_labels else None,
-        )  # fmt: skip
+        return self._batches(self.val_images, self.val_labels, self.hparams.eval_batch_size)
 
     def test_dataloader(self) -> InMemoryBatches:
+        return self._batches(self.test_images, self.test_labels, self.hparams.eval_batch_size)
+
+    def _batches(
+        self, images: Tensor, labels: Tensor, batch_size: int, shuffle: bool = False,
+        seed: int = 0, binarize: bool = False,
+    ) -> InMemoryBatches:  # fmt: skip
+        """One split's batches: this process's shard, with labels if the model asks."""
         return InMemoryBatches(
-            self.test_images, self.hparams.eval_batch_size, False, **self.shard,
-            labels=self.test_labels if self.with_labels else None,
+            images, batch_size, shuffle, seed, binarize, **self.shard,
+            labels=labels if self.with_labels else None,
         )  # fmt: skip
 
     def _missing_files(self) -> list[str]:

@@ -36,7 +36,8 @@ def continuous_bernoulli_log_norm(logits: Tensor) -> Tensor:
     Eq. 7); with lambda = sigmoid(eta) it is eta / tanh(eta / 2), even in eta. Near eta = 0,
     where that is 0 / 0, its Taylor series log 2 + eta^2 / 12 is used instead.
     """
-    eta = logits.float().abs()  # float32 even under autocast: tanh and log lose bits in bf16
+    # At least float32, even under autocast: tanh and log lose too many bits in bf16.
+    eta = logits.to(torch.promote_types(logits.dtype, torch.float32)).abs()
     small = eta < 1e-2  # there the next term, -7 eta^4 / 1440, is below float32's precision
     safe = torch.where(small, torch.ones_like(eta), eta)
     exact = torch.log(safe) - torch.log(torch.tanh(safe / 2))
@@ -75,15 +76,15 @@ def log_normal_standard(z: Tensor) -> Tensor:
 
 
 def log_importance_weights(
-    log_px_z: Tensor, z: Tensor, mean: Tensor, logvar: Tensor, kl_weight: float = 1.0
+    log_px_z: Tensor, z: Tensor, mean: Tensor, logvar: Tensor, weight: float = 1.0
 ) -> Tensor:
     """log w = log p(x|z) + log p(z) - log q(z|x) for K draws z of q(z|x) (Burda et al. 2015).
 
     log_px_z (K, B) at z (K, B, latent); mean and logvar (B, latent) -> (K, B). With K = 1,
-    -log w is the single-sample negative ELBO, recon + log q - log p. kl_weight scales
+    -log w is the single-sample negative ELBO, recon + log q - log p. `weight` scales
     log p(z) - log q(z|x) as beta scales the ELBO's KL; 1 gives the true weights.
     """
-    return log_px_z + kl_weight * (log_normal_standard(z) - gaussian_log_prob(z, mean, logvar))
+    return log_px_z + weight * (log_normal_standard(z) - gaussian_log_prob(z, mean, logvar))
 
 
 def iw_log_likelihood(log_weights: Tensor | Iterable[Tensor]) -> Tensor:

@@ -122,7 +122,7 @@ class VAEModule(L.LightningModule):
         return self.decoder(reparameterize(mean, logvar), c), mean, logvar
 
     def training_step(self, batch: Tensor | tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        objective = self._shared_step(batch, "train", self.kl_weight())
+        objective = self._shared_step(batch, "train", self._kl_weight())
         # The first step whose loss is not finite, tracked on the device: no host sync per step.
         finite = torch.isfinite(objective) | (self._bad_step >= 0)
         self._bad_step = torch.where(finite, self._bad_step, self.global_step)
@@ -144,14 +144,14 @@ class VAEModule(L.LightningModule):
         the true negative ELBO's terms (recon averaged over the K draws).
         """
         x, labels = self.split_batch(batch)
-        c = self._condition(labels, len(x))
-        mean, logvar = self.encoder(x, c)  # (B, latent) each
-        kl = gaussian_kl(mean, logvar)  # (B,)
         k = self.hparams.iw_samples if stage == "train" else 1
         if k == 1:  # the ELBO with its KL in closed form: the VAE's lower-variance estimate
-            recon = self.nll(self.decoder(reparameterize(mean, logvar), c), x)  # (B,)
+            recon, kl = self.loss_terms(x, labels)  # (B,) each
             objective = recon + weight * kl
-        else:  # 2-D batches above: (1, B, ...) tensors make this small network's step slower
+        else:  # apart from K = 1: (1, B, ...) tensors would slow this small network's step
+            c = self._condition(labels, len(x))
+            mean, logvar = self.encoder(x, c)  # (B, latent) each
+            kl = gaussian_kl(mean, logvar)  # (B,)
             z = reparameterize(mean.expand(k, *mean.shape), logvar.expand(k, *logvar.shape))
             nll = self.nll(self.decoder(z, c), x)  # (K, B, latent) -> (K, B, 784) -> (K, B)
             recon = nll.mean(0)  # (B,)
@@ -163,7 +163,7 @@ class VAEModule(L.LightningModule):
         self._counts[stage] = self._counts.get(stage, 0) + len(x)
         return objective.mean()
 
-    def kl_weight(self) -> float:
+    def _kl_weight(self) -> float:
         """The KL weight of the current training step: beta, after the warm-up's linear rise."""
         epochs_done = self.global_step / self.trainer.num_training_batches
         return kl_weight(self.hparams.beta, self.hparams.kl_warmup_epochs, epochs_done)
@@ -201,7 +201,7 @@ class VAEModule(L.LightningModule):
         if stage == "train":  # what was optimized, e.g. with beta, warm-up or K > 1
             metrics["train/objective"] = objective / count
             if self.hparams.kl_warmup_epochs:
-                metrics["train/kl_weight"] = self.kl_weight()  # where the epoch ended
+                metrics["train/kl_weight"] = self._kl_weight()  # where the epoch ended
         # Every process holds the same sums now; sync_dist only keeps Lightning from warning.
         self.log_dict(metrics, sync_dist=True)
         self.log(f"{stage}/loss", (recon + kl) / count, prog_bar=True, sync_dist=True)

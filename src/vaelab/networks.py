@@ -33,8 +33,8 @@ class Encoder(nn.Module):
         self.logvar = nn.Linear(hidden_sizes[-1], latent_size)
 
     def forward(self, x: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        h = x.flatten(1)  # (B, 1, 28, 28) -> (B, 784)
-        h = self.body(h if c is None else torch.cat([h, c], -1))  # (B, 784 [+ C]) -> (B, hidden)
+        h = with_condition(x.flatten(1), c)  # (B, 1, 28, 28) -> (B, 784 [+ C])
+        h = self.body(h)  # (B, 784 [+ C]) -> (B, hidden)
         return self.mean(h), self.logvar(h)
 
 
@@ -74,8 +74,7 @@ class ConvEncoder(nn.Module):
         self.logvar = nn.Linear(features, latent_size)
 
     def forward(self, x: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        h = self.body(x)  # (B, 1, 28, 28) -> (B, 64, 7, 7) -> (B, 3136)
-        h = h if c is None else torch.cat([h, c], -1)
+        h = with_condition(self.body(x), c)  # (B, 1, 28, 28) -> (B, 64, 7, 7) -> (B, 3136 [+ C])
         return self.mean(h), self.logvar(h)
 
 
