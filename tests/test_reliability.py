@@ -184,6 +184,17 @@ def test_a_killed_run_resumes_exactly(
     assert final_metrics(tmp_path) == final_metrics(uninterrupted)
 
 
+def test_a_new_run_in_an_old_run_folder_starts_afresh(
+    uninterrupted: Path, tiny_mnist: Path, tmp_path: Path
+) -> None:
+    """Only resume=true continues a run: a last.ckpt left in the folder is not picked up."""
+    shutil.copytree(uninterrupted / "checkpoints", tmp_path / "checkpoints")
+    result = run_train(f"data.data_dir={tiny_mnist}", *RESUMABLE, f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr
+    # continued from the finished run's last.ckpt, it would train nothing: no train metrics
+    assert final_metrics(tmp_path) == final_metrics(uninterrupted)
+
+
 def test_divergence_stops_with_the_step_and_keeps_the_good_checkpoint(
     tiny_mnist: Path, tmp_path: Path
 ) -> None:
@@ -217,8 +228,17 @@ def checkpoint(uninterrupted: Path) -> Path:
 def test_a_file_that_is_not_a_checkpoint(tmp_path: Path) -> None:
     path = tmp_path / "notes.ckpt"
     path.write_text("not a checkpoint")
-    with pytest.raises(UserError, match="notes.ckpt is not a readable checkpoint"):
+    with pytest.raises(UserError, match="notes.ckpt is not a readable checkpoint") as error:
         load_checkpoint(path)
+    assert "weights_only" not in str(error.value)  # torch's advice to load it unsafely
+
+
+def test_a_pickle_of_other_objects_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {}, "loader": InMemoryBatches(torch.zeros(2, 1), 1, False)}, path)
+    with pytest.raises(UserError, match="other.ckpt is not a checkpoint of this project") as error:
+        load_checkpoint(path)
+    assert "InMemoryBatches" in str(error.value) and "weights_only" not in str(error.value)
 
 
 def test_a_truncated_checkpoint(checkpoint: Path, tmp_path: Path) -> None:

@@ -1,10 +1,11 @@
 """Lightning callbacks: pictures of what the VAE learns, a lean progress bar, safe stops."""
 
+import os
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import OnExceptionCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -99,22 +100,20 @@ class LossProgressBar(TQDMProgressBar):
         return metrics
 
 
-class InterruptCheckpoint(OnExceptionCheckpoint):
+class InterruptCheckpoint(L.Callback):
     """On Ctrl-C or SIGTERM, save the training state as `last.ckpt`, for `resume=true`.
 
-    Unlike Lightning's OnExceptionCheckpoint, it saves on interruptions only, so that a
-    diverged state never replaces a good checkpoint, and it keeps its file after the run.
+    Not Lightning's OnExceptionCheckpoint: with one among the callbacks, `fit(ckpt_path=None)`
+    silently resumes from the newest last.ckpt in the run folder, so a fresh run into an old
+    folder would continue it. And it saves on any exception, a diverged state included.
     """
 
     def __init__(self, dirpath: str, filename: str = "last") -> None:
-        super().__init__(dirpath, filename)
+        self.ckpt_path = os.path.join(dirpath, f"{filename}.ckpt")
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
         if isinstance(exception, KeyboardInterrupt | SIGTERMException):
-            super().on_exception(trainer)
+            trainer.save_checkpoint(self.ckpt_path)
             rank_zero_info(f"Interrupted: saved {self.ckpt_path}; resume=true continues from it.")
-
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        pass  # the file is the run's last.ckpt: keep it

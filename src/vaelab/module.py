@@ -2,6 +2,7 @@
 
 import math
 import os
+import pickle
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
@@ -323,6 +324,18 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UserError(f"the checkpoint {path} does not exist") from None
+    except pickle.UnpicklingError as err:  # torch's message would advise weights_only=False
+        reason = str(err).partition("WeightsUnpickler error:")[2].strip()
+        detail = reason.partition("\n")[0].partition(". ")[0]  # without torch's advice
+        if detail.startswith("Unsupported global"):  # a real pickle, holding more than data
+            raise UserError(
+                f"{path} is not a checkpoint of this project: it holds Python objects that "
+                f"safe loading refuses ({detail})"
+            ) from None
+        why = f" ({detail})" if detail else ""
+        raise UserError(
+            f"{path} is not a readable checkpoint: not a file torch.save wrote, or damaged{why}"
+        ) from None
     except Exception as err:  # truncated, corrupted, or some other kind of file
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"{path} is not a readable checkpoint ({first_line})") from None
