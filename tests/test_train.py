@@ -1,6 +1,7 @@
 """End to end: `python train.py` as a user runs it, on tiny MNIST-format files."""
 
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,13 +19,30 @@ METRICS = {f"{stage}/{q}" for stage in ("train", "val", "test") for q in ("loss"
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_mnist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The folder of a two-epoch run started, like a user's, from its own working folder."""
+def trained_run(
+    tiny_mnist: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[subprocess.CompletedProcess, Path]:
+    """A two-epoch run started, like a user's, from its own working folder: output, folder."""
     cwd = tmp_path_factory.mktemp("user")
     result = run_train(f"data.data_dir={tiny_mnist}", *TINY_RUN, "trainer.max_epochs=2", cwd=cwd)
     assert result.returncode == 0, result.stderr
     (run_dir,) = (cwd / "outputs").glob("*/*")
-    return run_dir
+    return result, run_dir
+
+
+@pytest.fixture(scope="module")
+def trained(trained_run: tuple[subprocess.CompletedProcess, Path]) -> Path:
+    return trained_run[1]
+
+
+def test_the_console_shows_each_message_once(
+    trained_run: tuple[subprocess.CompletedProcess, Path],
+) -> None:
+    result, run_dir = trained_run
+    console = result.stdout + result.stderr
+    assert console.count("Seed set to 0") == 1 and console.count("max_epochs=2` reached") == 1
+    assert "Seed set to 0" in (run_dir / "train.log").read_text()
+    assert "multiple `ModelCheckpoint`" not in console  # the test names the best checkpoint
 
 
 def test_a_run_gets_a_dated_folder(trained: Path) -> None:

@@ -1,6 +1,7 @@
 """Fit a VAE from a composed Hydra config; the root `train.py` is the command line for it."""
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -39,9 +40,10 @@ def train(cfg: DictConfig) -> float:
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     fit_metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
-    best_val_loss = trainer.checkpoint_callback.best_model_score.item()
+    best = trainer.checkpoint_callback  # the first ModelCheckpoint: the best by val/loss
+    best_val_loss = best.best_model_score.item()
     (test_metrics,) = trainer.test(
-        model, datamodule=datamodule, ckpt_path="best", weights_only=True
+        model, datamodule=datamodule, ckpt_path=best.best_model_path, weights_only=True
     )
 
     # The HParams tab: hyperparameters next to the final figures of this run.
@@ -64,6 +66,9 @@ def run(cfg: DictConfig) -> float:
     goes on (Optuna: a failed trial); a single run prints a user error without traceback.
     """
     start = time.perf_counter()
+    # Hydra sends log records to the console and to train.log; Lightning's own console
+    # handler would print each of its messages a second time.
+    logging.getLogger("lightning").handlers.clear()
     try:
         return train(cfg)
     except SIGTERMException:  # Lightning stopped after a batch; last.ckpt holds the state
