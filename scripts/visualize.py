@@ -8,7 +8,8 @@ between test digits, latent traversals, the test set's latent means coloured by 
 first two principal components beyond 2 dimensions) and, for a 2-D latent, the learned
 manifold; TensorBoard also gets the latent means for its embedding projector. For a
 conditional model the samples have one row per class (the same draws of z in each column),
-and there are no interpolations or manifold, which would need one label for many digits.
+each interpolation joins two digits of one class, and there is no manifold, which would
+need one label for the whole plane.
 Settings: conf/visualize.yaml.
 """
 
@@ -51,6 +52,7 @@ def visualize(cfg: DictConfig) -> None:
         latent_scatter,
         manifold_latents,
         pairs_grid,
+        same_class_pairs,
         traversal_latents,
     )
 
@@ -85,11 +87,16 @@ def visualize(cfg: DictConfig) -> None:
             z = torch.randn(NROW, model.hparams.latent_size, generator=noise)
             samples = model.decode(z.repeat(len(classes), 1), classes.repeat_interleave(NROW))
             grids["samples"] = make_grid(samples, NROW)
+            # Row k walks between two test digits of class k, decoded with that label.
+            starts, ends = same_class_pairs(labels)
+            walk_labels = labels[starts].repeat_interleave(STEPS)
         else:
             grids["samples"] = make_grid(model.sample(NROW * NROW, generator=noise), NROW)
             # Row i walks from test digit i to test digit i + NROW.
-            walks = interpolation_latents(means[:NROW], means[NROW : 2 * NROW], STEPS)
-            grids["interpolations"] = make_grid(model.decode(walks), STEPS)
+            starts, ends = torch.arange(NROW), torch.arange(NROW, 2 * NROW)
+            walk_labels = None
+        walks = interpolation_latents(means[starts], means[ends], STEPS)
+        grids["interpolations"] = make_grid(model.decode(walks, walk_labels), STEPS)
         if model.hparams.latent_size == 2 and not conditional:
             manifold = model.decode(manifold_latents(MANIFOLD_SIZE))
             grids["manifold"] = make_grid(manifold, MANIFOLD_SIZE)

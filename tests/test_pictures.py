@@ -11,6 +11,7 @@ from vaelab.pictures import (
     manifold_latents,
     pairs_grid,
     principal_components,
+    same_class_pairs,
     traversal_latents,
 )
 
@@ -32,6 +33,14 @@ def test_interpolations_walk_from_start_to_end() -> None:
     torch.testing.assert_close(walks[:, -1], end)
     torch.testing.assert_close(walks[0, 1], torch.tensor([1.0, 0.5]))
     torch.testing.assert_close(walks[1, 2], (start[1] + end[1]) / 2)
+
+
+def test_same_class_pairs_join_two_digits_of_each_class() -> None:
+    labels = torch.tensor([3, 1, 3, 7, 1, 1, 3])  # 7 appears once: no pair
+    starts, ends = same_class_pairs(labels)
+    assert starts.tolist() == [1, 0] and ends.tolist() == [4, 2]  # classes 1 and 3, in order
+    assert torch.equal(labels[starts], labels[ends])
+    assert same_class_pairs(torch.tensor([0, 1, 2]))[0].numel() == 0
 
 
 def test_traversals_move_one_dimension_per_row() -> None:

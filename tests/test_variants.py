@@ -215,7 +215,9 @@ def experiment_runs(tiny_mnist: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_each_experiment_trains_and_tests(name: str, experiment_runs: dict[str, Path]) -> None:
+def test_each_experiment_trains_and_tests(
+    name: str, experiment_runs: dict[str, Path], tiny_mnist: Path
+) -> None:
     run_dir = experiment_runs[name]
     summary = json.loads((run_dir / "metrics.json").read_text())
     assert summary["status"] == "completed" and summary["epochs"] == 2
@@ -238,7 +240,18 @@ def test_each_experiment_trains_and_tests(name: str, experiment_runs: dict[str, 
     if name == "cvae":  # the samples: one row of 8 per class, 10 rows of 28 + 2 pixels
         (samples,) = events.Images("val/samples")[-1:]
         assert (samples.height, samples.width) == (10 * 30 + 2, 8 * 30 + 2)
-        assert "val/interpolations" not in events.Tags()["images"]
+        # interpolations: a row for each class with two digits in the validation batch
+        (walks,) = events.Images("val/interpolations")[-1:]
+        rows = classes_twice("val", tiny_mnist)
+        assert (walks.height, walks.width) == (rows * 30 + 2, 8 * 30 + 2)
+
+
+def classes_twice(split: str, tiny_mnist: Path) -> int:
+    """How many classes have two or more images in the tiny data's val or test split."""
+    data = MNISTDataModule(str(tiny_mnist), val_size=64)
+    data.setup("fit")
+    labels = data.val_labels if split == "val" else data.test_labels
+    return int((labels.bincount() >= 2).sum())
 
 
 def study(script: str, run_dir: Path, tiny_mnist: Path, *args: str) -> None:
@@ -257,7 +270,11 @@ def test_a_conditional_model_is_evaluated_and_drawn(
     assert 0 < evaluation["metrics"]["test/nll_iw"] <= evaluation["metrics"]["test/loss"]
     study("visualize", run_dir, tiny_mnist)
     sizes = {path.stem: Image.open(path).size for path in (run_dir / "figures").glob("*.png")}
-    assert set(sizes) == {"reconstructions", "samples", "traversals", "latent_means"}
+    assert set(sizes) == {
+        "reconstructions", "samples", "interpolations", "traversals", "latent_means",
+    }  # fmt: skip
+    # one row of 11 steps for each class with two test digits
+    assert sizes["interpolations"] == (11 * 30 + 2, classes_twice("test", tiny_mnist) * 30 + 2)
     assert sizes["samples"] == (8 * 30 + 2, 10 * 30 + 2)  # one row per class
 
 

@@ -14,7 +14,7 @@ from torchvision.utils import make_grid
 
 from vaelab import UserError
 from vaelab.module import VAEModule
-from vaelab.pictures import interpolation_latents, pairs_grid
+from vaelab.pictures import interpolation_latents, pairs_grid, same_class_pairs
 
 
 class ImageLogger(L.Callback):
@@ -23,8 +23,8 @@ class ImageLogger(L.Callback):
 
     The digits are the first of the validation set and the samples decode fixed draws from
     the prior, so the images of successive epochs show the same things. A conditional model's
-    samples have one row per class, each row decoding the same nrow draws, and no
-    interpolations: two digits of different classes have no label for the way between them.
+    samples have one row per class, each row decoding the same nrow draws, and each row of
+    its interpolations joins two digits of one class, decoded with their label.
     """
 
     def __init__(self, num_images: int = 32, num_samples: int = 64, nrow: int = 8) -> None:
@@ -35,6 +35,7 @@ class ImageLogger(L.Callback):
         self.nrow = nrow
         self.images: Tensor | None = None
         self.labels: Tensor | None = None
+        self.walk_ends: tuple[Tensor, Tensor, Tensor | None] | None = None  # starts, ends, labels
         self.z: Tensor | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: VAEModule, stage: str) -> None:
@@ -50,10 +51,18 @@ class ImageLogger(L.Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if batch_idx == 0:
-            images, labels = pl_module.split_batch(batch)
-            self.images = images[: self.num_images]
-            self.labels = None if labels is None else labels[: self.num_images]
+        if batch_idx != 0:
+            return
+        images, labels = pl_module.split_batch(batch)
+        self.images = images[: self.num_images]
+        self.labels = None if labels is None else labels[: self.num_images]
+        if labels is None:  # row i walks from digit i to digit rows + i
+            rows = min(self.nrow, len(images) // 2)
+            starts, ends = torch.arange(rows), torch.arange(rows, 2 * rows)
+        else:  # one label must serve the whole way
+            starts, ends = same_class_pairs(labels)
+        starts, ends = starts.to(images.device), ends.to(images.device)
+        self.walk_ends = (images[starts], images[ends], None if labels is None else labels[starts])
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: VAEModule) -> None:
         if trainer.sanity_checking or not isinstance(trainer.logger, TensorBoardLogger):
@@ -66,12 +75,16 @@ class ImageLogger(L.Callback):
             classes = torch.arange(pl_module.hparams.num_classes, device=pl_module.device)
             z = z[: self.nrow].repeat(len(classes), 1)  # (classes * nrow, latent)
             samples = pl_module.decode(z, classes.repeat_interleave(self.nrow))
-            writer.add_image("val/samples", make_grid(samples, self.nrow), step)
-            return
-        writer.add_image("val/samples", make_grid(pl_module.decode(z), self.nrow), step)
-        if rows := min(self.nrow, len(x) // 2):  # row i walks from digit i to digit rows + i
-            mean = pl_module.encode(x[: 2 * rows])[0]  # (2 * rows, latent)
-            walks = pl_module.decode(interpolation_latents(mean[:rows], mean[rows:], self.nrow))
+        else:
+            samples = pl_module.decode(z)
+        writer.add_image("val/samples", make_grid(samples, self.nrow), step)
+        starts, ends, labels = self.walk_ends  # (P, 1, 28, 28) twice, (P,) or None
+        if rows := len(starts):
+            both = None if labels is None else labels.repeat(2)
+            mean = pl_module.encode(torch.cat([starts, ends]), both)[0]  # (2P, latent)
+            z = interpolation_latents(mean[:rows], mean[rows:], self.nrow)  # (P * nrow, latent)
+            walk_labels = None if labels is None else labels.repeat_interleave(self.nrow)
+            walks = pl_module.decode(z, walk_labels)
             writer.add_image("val/interpolations", make_grid(walks, self.nrow), step)
 
 

@@ -33,6 +33,19 @@ def interpolation_latents(start: Tensor, end: Tensor, steps: int) -> Tensor:
     return walks.flatten(0, 1)  # (P, steps, latent) -> (P * steps, latent)
 
 
+def same_class_pairs(labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Indices of the first and second example of each class that has two, in class order:
+    labels (N,) -> 2 x (P,). A conditional model decodes the way between two digits of one
+    class with their common label."""
+    starts, ends = [], []
+    for label in labels.unique().tolist():  # sorted
+        index = torch.nonzero(labels == label).flatten().tolist()
+        if len(index) >= 2:
+            starts.append(index[0])
+            ends.append(index[1])
+    return torch.tensor(starts, dtype=torch.long), torch.tensor(ends, dtype=torch.long)
+
+
 def traversal_latents(z: Tensor, steps: int, limit: float = 3.0) -> Tensor:
     """Row i varies latent dimension i from -limit to limit, the others fixed at z's values.
 
