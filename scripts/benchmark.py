@@ -5,7 +5,10 @@
 
 Each variant runs in a fresh process, in turn, so that all see the same machine load:
   (a) project: `python train.py` as a user runs it (validation, images, checkpoints, test);
-  (b) bare: a loop over the same in-memory tensors with the same network, the floor;
+  (b) bare: a loop over the same in-memory tensors with the same network and optimizer
+      settings as the project (Adam with foreach=True), the floor;
+  (b') bare_default_adam: the same loop with `torch.optim.Adam(params, lr)` as a ten-line
+      loop writes it, which on a CPU updates the parameters one by one in Python;
   (c) recipe: torchvision MNIST + ToTensor + DataLoader, sigmoid + binary_cross_entropy,
       as in the public PyTorch VAE example.
 Seconds per epoch count training and validation; `wall` is the whole process, start-up
@@ -13,6 +16,7 @@ included. Results go to `--out` as JSON and Markdown.
 """
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -27,8 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 BATCH_SIZE, LR = 128, 1e-3
 
 
-def bare_loop(data_dir: str, epochs: int, val_size: int, device: str) -> dict:
-    """(b): the floor. Same data split, network, loss and optimizer as the project's default."""
+def bare_loop(data_dir: str, epochs: int, val_size: int, device: str, foreach: bool) -> dict:
+    """(b): the floor. Same data split, network, loss and optimizer as the project's default;
+    foreach=False (torch's CPU default) makes it (b')."""
     import torch
     from torchvision.datasets import MNIST
 
@@ -42,7 +47,7 @@ def bare_loop(data_dir: str, epochs: int, val_size: int, device: str) -> dict:
     test = MNIST(data_dir, train=False).data.unsqueeze(1).float().div(255).to(device)
     encoder, decoder = Encoder(784, [400], 20).to(device), Decoder(20, [400], 784).to(device)
     params = [*encoder.parameters(), *decoder.parameters()]
-    optimizer = torch.optim.Adam(params, lr=LR)
+    optimizer = torch.optim.Adam(params, lr=LR, foreach=foreach)
 
     def loss_of(x: torch.Tensor) -> torch.Tensor:
         mean, logvar = encoder(x)
@@ -132,7 +137,11 @@ def usual_recipe(data_dir: str, epochs: int, val_size: int, device: str) -> dict
     return {"epoch_seconds": epoch_seconds, "test_loss": evaluate(test_loader)}
 
 
-WORKERS = {"bare": bare_loop, "recipe": usual_recipe}
+WORKERS = {
+    "bare": functools.partial(bare_loop, foreach=True),
+    "bare_default_adam": functools.partial(bare_loop, foreach=False),
+    "recipe": usual_recipe,
+}
 
 
 PROJECT_VARIANTS = {  # the project's training with extra overrides; the last two on GPUs only
@@ -199,7 +208,7 @@ def summarize(runs: dict[str, list[dict]], args: argparse.Namespace) -> dict:
             "peak_rss_mib": max(r["peak_rss_mib"] for r in results),
             "test_loss": statistics.median(r["test_loss"] for r in results),
         }
-    a, b, c = rows["project"], rows["bare"], rows["recipe"]
+    a, b, b_default, c = (rows[name] for name in ("project", "bare", "bare_default_adam", "recipe"))
     return {
         "machine": f"{platform.node()}: {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores, Python {platform.python_version()}",
@@ -210,6 +219,7 @@ def summarize(runs: dict[str, list[dict]], args: argparse.Namespace) -> dict:
         "ratios": {
             "project/bare seconds per epoch": a["seconds_per_epoch"] / b["seconds_per_epoch"],
             "project/bare wall": a["wall_seconds"] / b["wall_seconds"],
+            "project/bare_default_adam wall": a["wall_seconds"] / b_default["wall_seconds"],
             "recipe/project seconds per epoch": c["seconds_per_epoch"] / a["seconds_per_epoch"],
             "project - bare test loss": a["test_loss"] - b["test_loss"],
         },
@@ -256,7 +266,7 @@ def main() -> None:
     if args.quick:
         args.epochs, args.repeats = 2, 1
 
-    names = ["project", "bare", "recipe"]
+    names = ["project", "bare", "bare_default_adam", "recipe"]
     if args.device == "cuda":
         names += ["project_compile", "project_bf16"]
     runs: dict[str, list[dict]] = {name: [] for name in names}
