@@ -10,7 +10,8 @@ Each variant runs in a fresh process, in turn, so that all see the same machine 
   (b') bare_default_adam: the same loop with `torch.optim.Adam(params, lr)` as a ten-line
       loop writes it, which on a CPU updates the parameters one by one in Python;
   (c) recipe: torchvision MNIST + ToTensor + DataLoader, sigmoid + binary_cross_entropy,
-      as in the public PyTorch VAE example.
+      as in the public PyTorch VAE example;
+  (d) step_cost, once: Lightning's cost per step, its steps and bare ones taking turns.
 Seconds per epoch count training and validation; `wall` is the whole process, start-up
 included. Results go to `--out` as JSON and Markdown.
 """
@@ -137,10 +138,66 @@ def usual_recipe(data_dir: str, epochs: int, val_size: int, device: str) -> dict
     return {"epoch_seconds": epoch_seconds, "test_loss": evaluate(test_loader)}
 
 
+def step_cost(data_dir: str, epochs: int, val_size: int, device: str) -> dict:
+    """(d): milliseconds per training step of Lightning's Trainer and of a bare step, taking
+    turns in one process, so that both see the same machine load: whole-process times on a
+    shared machine swing by more than the difference.
+
+    The Trainer fits the project's VAEModule and MNISTDataModule with no logger, callbacks
+    or validation. After each of its steps, a second VAEModule, used as a plain torch
+    module, takes one bare step (the same loss and optimizer settings) on random training
+    images. Lightning's step is the time from the end of one bare step to the next batch's end.
+    """
+    import lightning as L
+    import torch
+
+    from vaelab.data import MNISTDataModule
+    from vaelab.module import VAEModule
+
+    def synchronize() -> None:  # so that each side's time holds all its work
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    class TakeTurns(L.Callback):
+        def setup(self, trainer: L.Trainer, pl_module: VAEModule, stage: str) -> None:
+            self.images = trainer.datamodule.train_images
+            self.bare = VAEModule().to(pl_module.device)
+            self.optimizer = self.bare.configure_optimizers()
+            self.lightning, self.bare_steps, self.mark = [], [], None
+
+        def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+            synchronize()
+            start = time.perf_counter()
+            if self.mark is not None:
+                self.lightning.append(start - self.mark)
+            rows = torch.randint(len(self.images), (BATCH_SIZE,), device=self.images.device)
+            recon, kl = self.bare.loss_terms(self.images[rows])
+            self.optimizer.zero_grad()
+            (recon + kl).mean().backward()
+            self.optimizer.step()
+            synchronize()
+            self.mark = time.perf_counter()
+            self.bare_steps.append(self.mark - start)
+
+    turns = TakeTurns()
+    trainer = L.Trainer(
+        max_epochs=epochs, accelerator="cpu" if device == "cpu" else "gpu", devices=1,
+        callbacks=[turns], logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+    )  # fmt: skip
+    trainer.fit(VAEModule(), datamodule=MNISTDataModule(data_dir, val_size=val_size))
+    return {
+        "lightning_ms": 1e3 * statistics.median(turns.lightning),
+        "bare_ms": 1e3 * statistics.median(turns.bare_steps),
+        "steps": len(turns.lightning),
+    }
+
+
 WORKERS = {
     "bare": functools.partial(bare_loop, foreach=True),
     "bare_default_adam": functools.partial(bare_loop, foreach=False),
     "recipe": usual_recipe,
+    "step_cost": step_cost,
 }
 
 
@@ -240,6 +297,11 @@ def markdown(summary: dict) -> str:
             f"{r['wall_seconds']:.1f} | {r['peak_rss_mib']:.0f} | {r['test_loss']:.2f} |"
         )
     lines += ["", *(f"- {k}: {v:.3f}" for k, v in summary["ratios"].items())]
+    cost = summary["step_cost"]
+    lines.append(
+        f"- per step, Lightning's and bare steps taking turns ({cost['steps']} each): "
+        f"{cost['lightning_ms']:.2f} ms against {cost['bare_ms']:.2f} ms"
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -278,7 +340,8 @@ def main() -> None:
                 work.mkdir(exist_ok=True)
                 runs[variant].append(run(variant, args, work))
                 print(f"repeat {repeat} {variant}: {runs[variant][-1]['wall']:.1f} s", flush=True)
-    summary = summarize(runs, args)
+        cost = run("step_cost", args, Path(tmp))
+    summary = {**summarize(runs, args), "step_cost": cost}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "benchmark.json").write_text(json.dumps({**summary, "runs": runs}, indent=2))

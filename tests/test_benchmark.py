@@ -28,4 +28,6 @@ def test_quick_benchmark_writes_its_tables(tiny_mnist: Path, tmp_path: Path) -> 
     # the two bare loops differ only in how Adam loops over the parameters: the same numbers
     bare, default_adam = summary["variants"]["bare"], summary["variants"]["bare_default_adam"]
     assert bare["test_loss"] == default_adam["test_loss"]
+    cost = summary["step_cost"]  # 2 epochs of 2 steps (256 images, 128 a batch): 3 gaps
+    assert cost["steps"] == 3 and cost["lightning_ms"] > 0 and cost["bare_ms"] > 0
     assert "| project |" in (tmp_path / "benchmark.md").read_text()
