@@ -5,10 +5,7 @@
 
 Each variant runs in a fresh process, in turn, so that all see the same machine load:
   (a) project: `python train.py` as a user runs it (validation, images, checkpoints, test);
-  (b) bare: a loop over the same in-memory tensors with the same network and optimizer
-      settings as the project (Adam with foreach=True), the floor;
-  (b') bare_default_adam: the same loop with `torch.optim.Adam(params, lr)` as a ten-line
-      loop writes it, which on a CPU updates the parameters one by one in Python;
+  (b) bare: a loop over the same in-memory tensors with the same network, the floor;
   (c) recipe: torchvision MNIST + ToTensor + DataLoader, sigmoid + binary_cross_entropy,
       as in the public PyTorch VAE example;
   (d) step_cost, once: Lightning's cost per step, its steps and bare ones taking turns.
@@ -17,7 +14,6 @@ included. Results go to `--out` as JSON and Markdown.
 """
 
 import argparse
-import functools
 import json
 import os
 import platform
@@ -32,9 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BATCH_SIZE, LR = 128, 1e-3
 
 
-def bare_loop(data_dir: str, epochs: int, val_size: int, device: str, foreach: bool) -> dict:
-    """(b): the floor. Same data split, network, loss and optimizer as the project's default;
-    foreach=False (torch's CPU default) makes it (b')."""
+def bare_loop(data_dir: str, epochs: int, val_size: int, device: str) -> dict:
+    """(b): the floor. Same data split, network, loss and optimizer as the project's default."""
     import torch
     from torchvision.datasets import MNIST
 
@@ -48,7 +43,7 @@ def bare_loop(data_dir: str, epochs: int, val_size: int, device: str, foreach: b
     test = MNIST(data_dir, train=False).data.unsqueeze(1).float().div(255).to(device)
     encoder, decoder = Encoder(784, [400], 20).to(device), Decoder(20, [400], 784).to(device)
     params = [*encoder.parameters(), *decoder.parameters()]
-    optimizer = torch.optim.Adam(params, lr=LR, foreach=foreach)
+    optimizer = torch.optim.Adam(params, lr=LR)
 
     def loss_of(x: torch.Tensor) -> torch.Tensor:
         mean, logvar = encoder(x)
@@ -194,8 +189,7 @@ def step_cost(data_dir: str, epochs: int, val_size: int, device: str) -> dict:
 
 
 WORKERS = {
-    "bare": functools.partial(bare_loop, foreach=True),
-    "bare_default_adam": functools.partial(bare_loop, foreach=False),
+    "bare": bare_loop,
     "recipe": usual_recipe,
     "step_cost": step_cost,
 }
@@ -265,7 +259,7 @@ def summarize(runs: dict[str, list[dict]], args: argparse.Namespace) -> dict:
             "peak_rss_mib": max(r["peak_rss_mib"] for r in results),
             "test_loss": statistics.median(r["test_loss"] for r in results),
         }
-    a, b, b_default, c = (rows[name] for name in ("project", "bare", "bare_default_adam", "recipe"))
+    a, b, c = rows["project"], rows["bare"], rows["recipe"]
     return {
         "machine": f"{platform.node()}: {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores, Python {platform.python_version()}",
@@ -276,7 +270,6 @@ def summarize(runs: dict[str, list[dict]], args: argparse.Namespace) -> dict:
         "ratios": {
             "project/bare seconds per epoch": a["seconds_per_epoch"] / b["seconds_per_epoch"],
             "project/bare wall": a["wall_seconds"] / b["wall_seconds"],
-            "project/bare_default_adam wall": a["wall_seconds"] / b_default["wall_seconds"],
             "recipe/project seconds per epoch": c["seconds_per_epoch"] / a["seconds_per_epoch"],
             "project - bare test loss": a["test_loss"] - b["test_loss"],
         },
@@ -328,7 +321,7 @@ def main() -> None:
     if args.quick:
         args.epochs, args.repeats = 2, 1
 
-    names = ["project", "bare", "bare_default_adam", "recipe"]
+    names = ["project", "bare", "recipe"]
     if args.device == "cuda":
         names += ["project_compile", "project_bf16"]
     runs: dict[str, list[dict]] = {name: [] for name in names}

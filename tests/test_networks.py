@@ -88,10 +88,10 @@ def test_unknown_optimizer_is_named_in_the_error() -> None:
 
 
 @pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
-def test_each_optimizer_updates_all_parameters_at_once(name: str) -> None:
+def test_each_optimizer_updates_all_parameters(name: str) -> None:
     model = VAEModule(hidden_sizes=[8], latent_size=2, optimizer=name, lr=0.01)
     optimizer = model.configure_optimizers()
-    assert optimizer.defaults["foreach"] is True and optimizer.defaults["lr"] == 0.01
+    assert type(optimizer).__name__.lower() == name and optimizer.defaults["lr"] == 0.01
     assert sum(len(group["params"]) for group in optimizer.param_groups) == 10  # 5 layers
     before = [p.detach().clone() for p in model.parameters()]
     model.loss_terms(torch.rand(4, 1, 28, 28))[0].sum().backward()

@@ -239,11 +239,7 @@ class VAEModule(L.LightningModule):
         self._resumed = checkpoint.get("resume")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        # foreach: each update is a few kernels over all parameters at once, not a Python
-        # loop over them; the same numbers to the bit, torch's default on GPUs, and on a CPU
-        # (where torch loops) about 15% of this small network's training step.
-        optimizer = OPTIMIZERS[self.hparams.optimizer]
-        return optimizer(self.parameters(), lr=self.hparams.lr, foreach=True)
+        return OPTIMIZERS[self.hparams.optimizer](self.parameters(), lr=self.hparams.lr)
 
     def split_batch(self, batch: Tensor | tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor | None]:
         """(images, labels) from a batch; labels are None unless the model is conditional."""
