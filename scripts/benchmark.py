@@ -34,14 +34,15 @@ def bare_loop(data_dir: str, epochs: int, val_size: int, device: str) -> dict:
     from torchvision.datasets import MNIST
 
     from vaelab.losses import bernoulli_nll, gaussian_kl
-    from vaelab.networks import Decoder, Encoder, reparameterize
+    from vaelab.networks import MLPDecoder, MLPEncoder, reparameterize
 
     torch.manual_seed(0)
     images = MNIST(data_dir, train=True).data.unsqueeze(1).float().div(255).to(device)
     split = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
     val, train = images[split[:val_size]], images[split[val_size:]]
     test = MNIST(data_dir, train=False).data.unsqueeze(1).float().div(255).to(device)
-    encoder, decoder = Encoder(784, [400], 20).to(device), Decoder(20, [400], 784).to(device)
+    encoder = MLPEncoder((1, 28, 28), 20, hidden_sizes=[400]).to(device)
+    decoder = MLPDecoder((1, 28, 28), 20, hidden_sizes=[400]).to(device)
     params = [*encoder.parameters(), *decoder.parameters()]
     optimizer = torch.optim.Adam(params, lr=LR)
 
@@ -166,7 +167,7 @@ def step_cost(data_dir: str, epochs: int, val_size: int, device: str) -> dict:
             if self.mark is not None:
                 self.lightning.append(start - self.mark)
             rows = torch.randint(len(self.images), (BATCH_SIZE,), device=self.images.device)
-            recon, kl = self.bare.loss_terms(self.images[rows])
+            recon, kl, _ = self.bare.loss_terms(self.images[rows])
             self.optimizer.zero_grad()
             (recon + kl).mean().backward()
             self.optimizer.step()
@@ -176,10 +177,17 @@ def step_cost(data_dir: str, epochs: int, val_size: int, device: str) -> dict:
 
     turns = TakeTurns()
     trainer = L.Trainer(
-        max_epochs=epochs, accelerator="cpu" if device == "cpu" else "gpu", devices=1,
-        callbacks=[turns], logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
-    )  # fmt: skip
+        max_epochs=epochs,
+        accelerator="cpu" if device == "cpu" else "gpu",
+        devices=1,
+        callbacks=[turns],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(VAEModule(), datamodule=MNISTDataModule(data_dir, val_size=val_size))
     return {
         "lightning_ms": 1e3 * statistics.median(turns.lightning),
@@ -208,16 +216,32 @@ def run(variant: str, args: argparse.Namespace, work: Path) -> dict:
     if variant in PROJECT_VARIANTS:
         hardware = "cpu" if args.device == "cpu" else "gpu"
         command = [
-            sys.executable, str(ROOT / "train.py"), f"data.data_dir={args.data_dir}",
-            f"data.val_size={args.val_size}", f"trainer.max_epochs={args.epochs}",
-            f"hardware={hardware}", f"hydra.run.dir={work / variant}", *PROJECT_VARIANTS[variant],
-        ]  # fmt: skip
+            sys.executable,
+            str(ROOT / "train.py"),
+            f"data.data_dir={args.data_dir}",
+            f"data.val_size={args.val_size}",
+            f"trainer.max_epochs={args.epochs}",
+            f"hardware={hardware}",
+            f"hydra.run.dir={work / variant}",
+            *PROJECT_VARIANTS[variant],
+        ]
     else:
         command = [
-            sys.executable, __file__, "--worker", variant, "--data-dir", args.data_dir,
-            "--epochs", str(args.epochs), "--val-size", str(args.val_size),
-            "--device", args.device, "--out", str(result_file),
-        ]  # fmt: skip
+            sys.executable,
+            __file__,
+            "--worker",
+            variant,
+            "--data-dir",
+            args.data_dir,
+            "--epochs",
+            str(args.epochs),
+            "--val-size",
+            str(args.val_size),
+            "--device",
+            args.device,
+            "--out",
+            str(result_file),
+        ]
     start = time.perf_counter()
     with open(work / f"{variant}.log", "w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)

@@ -90,8 +90,10 @@ def main() -> None:
     rows = sorted((read_run(run) for run in runs), key=sort_key)
     params = swept(rows)
     columns = ["run", "status", *params, *METRICS, "reason"]
-    table = [[row["params"].get(c, "") if c in params else row.get(c, "") for c in columns]
-             for row in rows]  # fmt: skip
+    table = [
+        [row["params"].get(c, "") if c in params else row.get(c, "") for c in columns]
+        for row in rows
+    ]
     cells = [[f"{v:.2f}" if isinstance(v, float) else str(v) for v in line] for line in table]
 
     with open(sweep_dir / "summary.csv", "w", newline="") as file:

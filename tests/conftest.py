@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny MNIST-format files, so tests run the real loading code offline."""
+"""Shared fixtures: tiny MNIST-format and tensor files, so tests run the real loading code."""
 
 import os
 import struct
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,7 +18,8 @@ TINY_RUN = [
     "data.val_size=64",
     "data.batch_size=32",
     "data.eval_batch_size=64",
-    "model.hidden_sizes=[32]",
+    "model.encoder.hidden_sizes=[32]",
+    "model.decoder.hidden_sizes=[32]",
     "model.latent_size=4",
     "trainer.max_epochs=1",
     "callbacks.progress_bar.refresh_rate=0",
@@ -42,13 +44,11 @@ def make_digits(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarra
     return images, labels
 
 
-@pytest.fixture(scope="session")
-def tiny_mnist(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A data folder holding MNIST/raw/ with 320 training and 160 test images."""
-    root = tmp_path_factory.mktemp("data")
-    raw = root / "MNIST" / "raw"
+def write_idx_set(root: Path, folder: str, seed: int) -> Path:
+    """Write root/FOLDER/raw/ with TINY_TRAIN training and TINY_TEST test images; return root."""
+    raw = root / folder / "raw"
     raw.mkdir(parents=True)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     for prefix, n in (("train", TINY_TRAIN), ("t10k", TINY_TEST)):
         images, labels = make_digits(n, rng)
         write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
@@ -56,7 +56,52 @@ def tiny_mnist(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def run_train(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+@pytest.fixture(scope="session")
+def tiny_mnist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data folder holding MNIST/raw/ with 320 training and 160 test images."""
+    return write_idx_set(tmp_path_factory.mktemp("data"), "MNIST", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_fashion_mnist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data folder holding FashionMNIST/raw/ with 320 training and 160 test images."""
+    return write_idx_set(tmp_path_factory.mktemp("data"), "FashionMNIST", seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_kmnist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data folder holding KMNIST/raw/ with 320 training and 160 test images."""
+    return write_idx_set(tmp_path_factory.mktemp("data"), "KMNIST", seed=2)
+
+
+def write_arrays(path: Path, **arrays: np.ndarray) -> Path:
+    """Save named arrays as a .npz file, or as a .pt dict of tensors, by the path's suffix."""
+    if path.suffix == ".npz":
+        np.savez(path, **arrays)
+    else:
+        torch.save({key: torch.as_tensor(value) for key, value in arrays.items()}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_npz(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A .npz of TINY_TRAIN uint8 20 x 20 images (N x H x W) and their labels, 0 to 9."""
+    images, labels = make_digits(TINY_TRAIN, np.random.default_rng(3))
+    crop = images[:, 4:24, 4:24].astype(np.uint8)  # the label's bar now on rows 2 * label, +1
+    path = tmp_path_factory.mktemp("tensors") / "digits.npz"
+    return write_arrays(path, images=crop, labels=labels)
+
+
+@pytest.fixture(scope="session")
+def tiny_pt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A .pt of 200 float RGB 16 x 16 images in [0, 1] (N x 3 x 16 x 16), with no labels."""
+    images = torch.rand(200, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    return write_arrays(tmp_path_factory.mktemp("tensors") / "colours.pt", images=images)
+
+
+def run_train(
+    *args: str, cwd: Path = ROOT, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """Run `python train.py ARGS` as a user would, with downloads made to fail at once."""
     offline = {"HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
     return subprocess.run(
@@ -64,15 +109,24 @@ def run_train(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
         cwd=cwd,
         capture_output=True,
         text=True,
-        env={**os.environ, **offline},
+        env={**os.environ, **offline, **(env or {})},
         timeout=300,
     )
 
 
-def run_script(name: str, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+def run_script(
+    name: str, *args: str, cwd: Path = ROOT, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """Run `python scripts/NAME.py ARGS` as a user would."""
     command = [sys.executable, str(ROOT / "scripts" / f"{name}.py"), *args]
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        command,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=300,
+    )
 
 
 def read_events(run_dir: Path) -> EventAccumulator:

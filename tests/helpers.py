@@ -32,11 +32,26 @@ class ExplodingVAE(VAEModule):
         super().__init__(**kwargs)
         self.explode_at_step = explode_at_step
 
-    def _shared_step(self, x: Tensor, stage: str, weight: float = 1.0) -> Tensor:
-        loss = super()._shared_step(x, stage, weight)
-        if stage == "train" and self.global_step >= self.explode_at_step:
-            return loss * torch.nan
-        return loss
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        outputs = super().training_step(batch, batch_idx)
+        if self.global_step >= self.explode_at_step:
+            outputs["loss"] = outputs["loss"] * torch.nan
+        return outputs
+
+
+def mlp_vae(hidden_sizes: list[int] | None = None, **kwargs: object) -> VAEModule:
+    """A VAE of MLPs of these widths: the encoder's, and the decoder's in reverse."""
+    widths = hidden_sizes or [400]
+    encoder = {"_target_": "vaelab.networks.MLPEncoder", "hidden_sizes": widths}
+    decoder = {"_target_": "vaelab.networks.MLPDecoder", "hidden_sizes": widths[::-1]}
+    return VAEModule(encoder=encoder, decoder=decoder, **kwargs)
+
+
+def conv_vae(channels: list[int], **kwargs: object) -> VAEModule:
+    """A VAE of convolutions with these channels: the encoder's, and the decoder's in reverse."""
+    encoder = {"_target_": "vaelab.networks.ConvEncoder", "channels": channels}
+    decoder = {"_target_": "vaelab.networks.ConvDecoder", "channels": channels[::-1]}
+    return VAEModule(encoder=encoder, decoder=decoder, **kwargs)
 
 
 class RecordExamples(L.Callback):
@@ -47,9 +62,10 @@ class RecordExamples(L.Callback):
         self.seen: list[str] = []
 
     def on_train_batch_start(
-        self, trainer: L.Trainer, pl_module: object, batch: Tensor, *args: object
+        self, trainer: L.Trainer, pl_module: object, batch: tuple[Tensor, Tensor], *args: object
     ) -> None:
-        self.seen += [hashlib.md5(row.cpu().numpy().tobytes()).hexdigest() for row in batch]
+        images, labels = batch
+        self.seen += [hashlib.md5(row.cpu().numpy().tobytes()).hexdigest() for row in images]
 
     def on_train_epoch_end(self, trainer: L.Trainer, *args: object) -> None:
         name = f"seen-epoch{trainer.current_epoch}-rank{trainer.global_rank}.json"

@@ -10,9 +10,18 @@ from .conftest import ROOT
 
 def test_quick_benchmark_writes_its_tables(tiny_mnist: Path, tmp_path: Path) -> None:
     command = [
-        sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--quick", "--device", "cpu",
-        "--data-dir", str(tiny_mnist), "--val-size", "64", "--out", str(tmp_path),
-    ]  # fmt: skip
+        sys.executable,
+        str(ROOT / "scripts" / "benchmark.py"),
+        "--quick",
+        "--device",
+        "cpu",
+        "--data-dir",
+        str(tiny_mnist),
+        "--val-size",
+        "64",
+        "--out",
+        str(tmp_path),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     summary = json.loads((tmp_path / "benchmark.json").read_text())

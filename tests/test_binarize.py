@@ -7,7 +7,8 @@ import torch
 from hydra.utils import instantiate
 
 from vaelab import UserError
-from vaelab.data import InMemoryBatches, MNISTDataModule
+from vaelab.batches import InMemoryBatches
+from vaelab.data import MNISTDataModule
 from vaelab.train import train
 
 from .conftest import TINY_TEST
@@ -15,12 +16,17 @@ from .test_config import compose_train
 
 
 def epoch(batches: InMemoryBatches) -> torch.Tensor:
-    return torch.cat(list(batches))
+    """One epoch's images, in the order they were served."""
+    return torch.cat([images for images, labels in batches])
+
+
+def unlabelled(n: int) -> torch.Tensor:
+    return torch.full((n,), -1)
 
 
 def test_training_batches_are_drawn_anew_each_epoch() -> None:
     intensities = torch.rand(50, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-    batches = InMemoryBatches(intensities, 20, shuffle=False, seed=0, binarize=True)
+    batches = InMemoryBatches(intensities, unlabelled(50), 20, shuffle=False, binarize=True)
     first, second = epoch(batches), epoch(batches)
     assert set(first.unique().tolist()) == {0.0, 1.0}
     assert not torch.equal(first, second)
@@ -28,19 +34,27 @@ def test_training_batches_are_drawn_anew_each_epoch() -> None:
     frequencies = torch.stack([epoch(batches) for _ in range(400)]).mean(0)
     assert (frequencies - intensities).abs().mean() < 0.03
     # repeatable from the seed; another seed draws other pixels
-    same, other = (InMemoryBatches(intensities, 20, False, seed, binarize=True) for seed in (0, 1))
+    same, other = (
+        InMemoryBatches(intensities, unlabelled(50), 20, False, seed, binarize=True)
+        for seed in (0, 1)
+    )
     assert torch.equal(epoch(same), first) and not torch.equal(epoch(other), first)
 
 
 def test_binarized_batches_resume_where_training_stood() -> None:
     intensities = torch.rand(30, 1, 4, 4, generator=torch.Generator().manual_seed(0))
-    reference = epoch(InMemoryBatches(intensities, 7, shuffle=True, seed=3, binarize=True))
-    interrupted = InMemoryBatches(intensities, 7, shuffle=True, seed=3, binarize=True)
+    labels = torch.arange(30)
+
+    def batches() -> InMemoryBatches:
+        return InMemoryBatches(intensities, labels, 7, shuffle=True, seed=3, binarize=True)
+
+    reference = epoch(batches())
+    interrupted = batches()
     iterator = iter(interrupted)
-    trained = [next(iterator) for _ in range(2)]
-    resumed = InMemoryBatches(intensities, 7, shuffle=True, seed=3, binarize=True)
+    trained = [images for images, _ in (next(iterator) for _ in range(2))]
+    resumed = batches()
     resumed.load_state_dict(interrupted.state_dict())
-    assert torch.equal(torch.cat(trained + list(resumed)), reference)
+    assert torch.equal(torch.cat([*trained, epoch(resumed)]), reference)
 
 
 def test_val_and_test_are_binarized_once_with_a_fixed_seed(tiny_mnist: Path) -> None:
@@ -50,8 +64,8 @@ def test_val_and_test_are_binarized_once_with_a_fixed_seed(tiny_mnist: Path) -> 
         return datamodule
 
     plain, dynamic = setup(), setup(binarize="dynamic", seed=1)
-    for images, intensities in ((dynamic.val_images, plain.val_images),
-                                (dynamic.test_images, plain.test_images)):  # fmt: skip
+    pairs = [(dynamic.val_images, plain.val_images), (dynamic.test_images, plain.test_images)]
+    for images, intensities in pairs:
         assert set(images.unique().tolist()) == {0.0, 1.0}
         assert ((intensities > 0) & (intensities < 1)).any()  # the plain images are not 0/1
         assert (images[intensities == 0] == 0).all() and (images[intensities == 1] == 1).all()
@@ -66,8 +80,8 @@ def test_val_and_test_are_binarized_once_with_a_fixed_seed(tiny_mnist: Path) -> 
     loader = dynamic.train_dataloader()
     first, second = epoch(loader), epoch(loader)
     assert set(first.unique().tolist()) == {0.0, 1.0} and not torch.equal(first, second)
-    assert torch.equal(epoch(plain.train_dataloader()).sort(0).values,
-                       plain.train_images.sort(0).values)  # fmt: skip
+    served = epoch(plain.train_dataloader())
+    assert torch.equal(served.sort(0).values, plain.train_images.sort(0).values)
 
 
 def test_test_labels_belong_to_the_test_images(tiny_mnist: Path) -> None:
@@ -78,6 +92,9 @@ def test_test_labels_belong_to_the_test_images(tiny_mnist: Path) -> None:
     # the tiny digits' label is the row of their bright bar, rows 4 + 2 * label and the next
     bar_row = datamodule.test_images.mean(-1).squeeze(1).argmax(-1)  # (N, 1, 28, 28) -> (N,)
     assert torch.equal((bar_row - 4) // 2, labels)
+    # and the test batches pair each image with its label
+    served = torch.cat([labels for _, labels in datamodule.test_dataloader()])
+    assert torch.equal(served, labels)
 
 
 def test_an_unknown_binarize_is_named(tmp_path: Path) -> None:

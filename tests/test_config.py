@@ -18,6 +18,7 @@ from .conftest import ROOT
 
 CONF = ROOT / "conf"
 GROUPS = ["callbacks", "data", "hardware", "logger", "model", "trainer"]  # each builds objects
+PARTS = ["model/encoder", "model/decoder", "model/prior", "model/likelihood"]  # model builds them
 
 
 def options(group: str) -> list[str]:
@@ -36,9 +37,9 @@ def compose_train(overrides: list[str], output_dir: Path) -> DictConfig:
 
 EXPERIMENTS = {
     "beta4": {"model.beta": 4.0, "model.kl_warmup_epochs": 5, "trainer.max_epochs": 20},
-    "conv": {"model.network": "conv", "model.hidden_sizes": [32, 64]},
-    "continuous_bernoulli": {"model.likelihood": "continuous_bernoulli"},
-    "cvae": {"model.num_classes": 10},
+    "continuous_bernoulli": {
+        "model.likelihood": {"_target_": "vaelab.likelihoods.ContinuousBernoulli"}
+    },
     "iwae_k5": {"model.iw_samples": 5, "data.binarize": "dynamic"},
     "latent2_manifold": {"model.latent_size": 2, "trainer.max_epochs": 20},
 }
@@ -49,11 +50,21 @@ def test_the_groups_are_the_documented_ones() -> None:
     assert folders == sorted([*GROUPS, "experiment", "hparams_search", "hydra"])
     assert options("hardware") == ["auto", "cpu", "gpu", "multi_gpu", "multi_node"]
     assert options("experiment") == sorted(EXPERIMENTS)
+    assert sorted(p.name for p in (CONF / "model").iterdir() if p.is_dir()) == sorted(
+        part.split("/")[1] for part in PARTS
+    )
+    assert options("model/prior") == ["mog", "standard", "vamp"]
+    assert options("data") == ["fashion_mnist", "kmnist", "mnist", "tensors"]
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
-def test_every_option_builds(group: str, option: str, tmp_path: Path) -> None:
+def test_every_option_builds(group: str, option: str, tmp_path: Path, tiny_npz: Path) -> None:
     nodes = ["trainer.num_nodes=2"] if option == "multi_node" else []
+    nodes += (
+        [f"data.path={tiny_npz}", "data.val_size=8", "data.test_size=8"]
+        if option == "tensors"
+        else []
+    )
     cfg = compose_train([f"{group}={option}", *nodes], tmp_path)
     check_types(cfg)
     if group == "hardware":
@@ -64,6 +75,9 @@ def test_every_option_builds(group: str, option: str, tmp_path: Path) -> None:
     elif group == "callbacks":
         built = [instantiate(c) for c in cfg.callbacks.values()]
         assert all(isinstance(c, L.Callback) for c in built)
+    elif group == "model":  # the data states its classes
+        built = instantiate(cfg.model, _convert_="all", num_classes=10)
+        assert type(built).__name__ == "VAEModule"
     else:
         built = instantiate(cfg[group])
         assert type(built).__name__ == cfg[group]._target_.rsplit(".", 1)[-1]
@@ -75,7 +89,7 @@ def test_every_experiment_sets_what_it_says_and_builds(experiment: str, tmp_path
     check_types(cfg)
     expected = EXPERIMENTS[experiment]
     assert {key: OmegaConf.select(cfg, key) for key in expected} == expected
-    model = instantiate(cfg.model, _convert_="all")
+    model = instantiate(cfg.model, _convert_="all", num_classes=10)
     assert {f"model.{k}": v for k, v in model.hparams.items() if f"model.{k}" in expected} == {
         k: v for k, v in expected.items() if k.startswith("model.")
     }
@@ -126,16 +140,37 @@ def test_cpu_trainer(tmp_path: Path) -> None:
 
 
 def test_overrides_reach_the_objects(tmp_path: Path) -> None:
-    cfg = compose_train(["model.latent_size=7", "model.hidden_sizes=[64,32]"], tmp_path)
-    model = instantiate(cfg.model)
-    assert model.hparams.latent_size == 7 and model.hparams.hidden_sizes == [64, 32]
+    cfg = compose_train(["model.latent_size=7", "model.encoder.hidden_sizes=[64,32]"], tmp_path)
+    model = instantiate(cfg.model, _convert_="all")
+    assert model.hparams.latent_size == 7 and model.hparams.encoder["hidden_sizes"] == [64, 32]
     assert model.encoder.mean.out_features == 7
+    assert [layer.out_features for layer in model.encoder.body[::2]] == [64, 32]
+
+
+@pytest.mark.parametrize("part,option", [(p, o) for p in PARTS for o in options(p)])
+def test_every_part_builds_into_the_model(part: str, option: str, tmp_path: Path) -> None:
+    """Each option of each part's group reaches the model as the part it names."""
+    cfg = compose_train([f"{part}={option}"], tmp_path)
+    check_types(cfg)
+    node = cfg.model[part.split("/")[1]]
+    model = instantiate(cfg.model, _convert_="all")
+    built = getattr(model, part.split("/")[1])
+    assert f"{type(built).__module__}.{type(built).__name__}" == node._target_
+    assert model.hparams[part.split("/")[1]] == OmegaConf.to_container(node)  # plain values
+
+
+def test_the_latent_size_is_one_key_that_every_part_reads(tmp_path: Path) -> None:
+    overrides = ["model=conv_vae", "model/prior=mog", "model.latent_size=3"]
+    model = instantiate(compose_train(overrides, tmp_path).model, _convert_="all")
+    assert model.encoder.mean.out_features == model.prior.means.shape[1] == 3
+    assert model.decoder.project[0].in_features == 3
 
 
 def test_runs_write_into_the_run_folder(tmp_path: Path) -> None:
     cfg = compose_train([], tmp_path)
     assert Path(instantiate(cfg.logger).log_dir) == tmp_path
-    assert cfg.callbacks.checkpoint.dirpath == f"{tmp_path}/checkpoints"
+    assert cfg.callbacks.best_checkpoint.dirpath == f"{tmp_path}/checkpoints"
+    assert cfg.callbacks.last_checkpoint.dirpath == f"{tmp_path}/checkpoints"
 
 
 def test_data_dir_comes_from_the_environment(
@@ -156,7 +191,7 @@ def test_a_misspelt_key_is_rejected(tmp_path: Path) -> None:
     "override,message",
     [
         ("model.latent_size=abc", "model.latent_size='abc'.*int"),
-        ("model.hidden_sizes=[400,x]", "model.hidden_sizes=.*Sequence\\[int\\]"),
+        ("model.encoder.hidden_sizes=[400,x]", "model.encoder.hidden_sizes=.*Sequence\\[int\\]"),
         ("model.beta=true", "model.beta=True.*float"),
         ("data.batch_size=1.5", "data.batch_size=1.5.*int"),
         ("trainer.precision=bf17", "trainer.precision='bf17'"),
@@ -178,7 +213,7 @@ def test_the_optuna_search_config(tmp_path: Path) -> None:
     assert "OptunaSweeper" in sweeper._target_ and sweeper.direction == "minimize"
     assert "TPESampler" in sweeper.sampler._target_ and sweeper.max_failure_rate == 1.0
     assert set(sweeper.params) == {"model.latent_size", "hidden_width", "model.lr", "model.beta"}
-    assert cfg.model.hidden_sizes == [256]  # the searched width reaches the model
+    assert cfg.model.encoder.hidden_sizes == cfg.model.decoder.hidden_sizes == [256]
 
 
 def test_the_slurm_launcher_preset() -> None:

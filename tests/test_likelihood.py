@@ -17,6 +17,8 @@ from vaelab.losses import (
 )
 from vaelab.module import VAEModule
 
+from .helpers import mlp_vae
+
 
 def seeded(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
@@ -25,7 +27,7 @@ def seeded(seed: int) -> torch.Generator:
 @pytest.fixture
 def model() -> VAEModule:
     torch.manual_seed(0)
-    return VAEModule(hidden_sizes=[32], latent_size=3).eval()
+    return mlp_vae([32], latent_size=3).eval()
 
 
 @pytest.fixture
@@ -107,7 +109,7 @@ def z_blind_model(prior_as_posterior: bool) -> VAEModule:
     """A VAE whose decoder ignores z, so p(x|z) = p(x) for every z, and whose q(z|x) is fixed:
     the prior itself, or N(0.3, 1.3^2) in each latent dimension."""
     torch.manual_seed(0)
-    model = VAEModule(hidden_sizes=[16], latent_size=2).eval()
+    model = mlp_vae([16], latent_size=2).eval()
     with torch.no_grad():
         model.decoder.body[0].weight.zero_()
         for head in (model.encoder.mean, model.encoder.logvar):
@@ -133,7 +135,8 @@ def test_converges_to_log_px_when_q_is_not_the_posterior(x: torch.Tensor) -> Non
     gap = gaussian_kl(mean, logvar)  # 0.26 nats per example
     z = mean + (0.5 * logvar).exp() * torch.randn(20000, *mean.shape, generator=seeded(1))
     log_px_z = -bernoulli_nll(model.decoder(z), x)  # (20000, B)
-    log_weights = log_importance_weights(log_px_z, z, mean, logvar)  # (20000, B)
+    log_q = gaussian_log_prob(z, mean, logvar)
+    log_weights = log_importance_weights(log_px_z, log_normal_standard(z), log_q)  # (20000, B)
     standard_error = log_weights.std(0) / math.sqrt(len(log_weights))  # 0.006
     assert ((log_weights.mean(0) - (log_px - gap)).abs() < 4 * standard_error).all()
     estimate = model.log_likelihood(x, 20000, chunk_size=5000, generator=seeded(2))
@@ -142,7 +145,7 @@ def test_converges_to_log_px_when_q_is_not_the_posterior(x: torch.Tensor) -> Non
 
 
 def test_a_bad_number_of_samples_is_named(model: VAEModule, x: torch.Tensor) -> None:
-    with pytest.raises(UserError, match="k=0 is invalid: use a positive number"):
+    with pytest.raises(UserError, match="iw_samples=0 is invalid: use a positive number"):
         model.log_likelihood(x, 0)
     with pytest.raises(UserError, match="chunk_size=0 is invalid"):
         model.log_likelihood(x, 5, chunk_size=0)

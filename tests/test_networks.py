@@ -5,11 +5,14 @@ import torch
 
 from vaelab import UserError
 from vaelab.module import VAEModule
-from vaelab.networks import Decoder, Encoder, reparameterize
+from vaelab.networks import MLPDecoder, MLPEncoder, reparameterize
+
+from .helpers import mlp_vae
 
 
 def test_shapes() -> None:
-    encoder, decoder = Encoder(784, [64, 32], 5), Decoder(5, [32, 64], 784)
+    encoder = MLPEncoder((1, 28, 28), 5, hidden_sizes=[64, 32])
+    decoder = MLPDecoder((1, 28, 28), 5, hidden_sizes=[32, 64])
     mean, logvar = encoder(torch.rand(3, 1, 28, 28))
     assert mean.shape == logvar.shape == (3, 5)
     assert decoder(reparameterize(mean, logvar)).shape == (3, 784)
@@ -28,7 +31,7 @@ def test_reparameterize_has_the_right_moments() -> None:
 
 def test_gradients_reach_the_encoder_through_the_sample() -> None:
     torch.manual_seed(0)
-    model = VAEModule(hidden_sizes=[16], latent_size=3)
+    model = mlp_vae(hidden_sizes=[16], latent_size=3)
     x = torch.rand(4, 1, 28, 28)
     logits, mean, logvar = model(x)
     logits.sum().backward()  # the decoder's output only: the KL term is left out on purpose
@@ -37,7 +40,7 @@ def test_gradients_reach_the_encoder_through_the_sample() -> None:
 
 
 def test_inference_methods() -> None:
-    model = VAEModule(hidden_sizes=[16, 8], latent_size=3)
+    model = mlp_vae(hidden_sizes=[16, 8], latent_size=3)
     x = torch.rand(5, 1, 28, 28)
     mean, logvar = model.encode(x)
     assert mean.shape == logvar.shape == (5, 3)
@@ -51,16 +54,16 @@ def test_inference_methods() -> None:
 
 
 def test_sample_is_repeatable_with_a_generator() -> None:
-    model = VAEModule(hidden_sizes=[16], latent_size=3)
+    model = mlp_vae(hidden_sizes=[16], latent_size=3)
     first = model.sample(4, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(first, model.sample(4, generator=torch.Generator().manual_seed(1)))
 
 
 def test_training_step_returns_the_chapters_loss_per_example() -> None:
-    model = VAEModule(hidden_sizes=[16], latent_size=3)
+    model = mlp_vae(hidden_sizes=[16], latent_size=3)
     x = torch.rand(6, 1, 28, 28)
     torch.manual_seed(0)
-    loss = model._shared_step(x, "train")
+    loss = model.training_step((x, torch.zeros(6, dtype=torch.long)), 0)["loss"]
     torch.manual_seed(0)
     mu, logstd = model.encoder(x)
     z = mu + torch.exp(0.5 * logstd) * torch.randn_like(mu)
@@ -73,13 +76,13 @@ def test_training_step_returns_the_chapters_loss_per_example() -> None:
 
 def test_the_kl_weight_scales_only_the_kl_of_the_objective() -> None:
     x = torch.rand(6, 1, 28, 28)
-    model = VAEModule(hidden_sizes=[16], latent_size=3)
+    model = mlp_vae(hidden_sizes=[16], latent_size=3)
     torch.manual_seed(0)
-    recon, kl = model.loss_terms(x)  # (B,) each, from the same noise as each step below
+    recon, kl, _ = model.loss_terms(x)  # (B,) each, from the same noise as each step below
     for weight in (0.0, 0.5, 4.0):
         torch.manual_seed(0)
-        objective = model._shared_step(x, "train", weight)
-        torch.testing.assert_close(objective, (recon + weight * kl).mean())
+        objective = model.loss_terms(x, weight=weight).objective
+        torch.testing.assert_close(objective, recon + weight * kl)
 
 
 def test_unknown_optimizer_is_named_in_the_error() -> None:
@@ -89,12 +92,12 @@ def test_unknown_optimizer_is_named_in_the_error() -> None:
 
 @pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
 def test_each_optimizer_updates_all_parameters(name: str) -> None:
-    model = VAEModule(hidden_sizes=[8], latent_size=2, optimizer=name, lr=0.01)
+    model = mlp_vae(hidden_sizes=[8], latent_size=2, optimizer=name, lr=0.01)
     optimizer = model.configure_optimizers()
     assert type(optimizer).__name__.lower() == name and optimizer.defaults["lr"] == 0.01
     assert sum(len(group["params"]) for group in optimizer.param_groups) == 10  # 5 layers
     before = [p.detach().clone() for p in model.parameters()]
-    model.loss_terms(torch.rand(4, 1, 28, 28))[0].sum().backward()
+    model.loss_terms(torch.rand(4, 1, 28, 28)).recon.sum().backward()
     optimizer.step()
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
@@ -102,12 +105,12 @@ def test_each_optimizer_updates_all_parameters(name: str) -> None:
 def test_compiled_model_matches_and_keeps_checkpoint_keys() -> None:
     """torch.compile on the CPU is slow to start (about 20 s), but the path must work."""
     torch.manual_seed(0)
-    compiled = VAEModule(hidden_sizes=[16], latent_size=3, compile=True)
-    plain = VAEModule(hidden_sizes=[16], latent_size=3)
+    compiled = mlp_vae(hidden_sizes=[16], latent_size=3, compile=True)
+    plain = mlp_vae(hidden_sizes=[16], latent_size=3)
     plain.load_state_dict(compiled.state_dict())  # same keys, no "_orig_mod." prefix
     for batch_size in (8, 5):  # a smaller last batch must not fail or change results
         x = torch.rand(batch_size, 1, 28, 28)
         torch.manual_seed(1)
-        expected = plain._shared_step(x, "train")
+        expected = plain.loss_terms(x).objective
         torch.manual_seed(1)
-        torch.testing.assert_close(compiled._shared_step(x, "train"), expected)
+        torch.testing.assert_close(compiled.loss_terms(x).objective, expected)

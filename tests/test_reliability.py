@@ -9,16 +9,22 @@ import pytest
 import torch
 
 from vaelab import UserError
-from vaelab.data import InMemoryBatches, MNISTDataModule
-from vaelab.module import VAEModule, check_checkpoint, load_checkpoint
+from vaelab.batches import InMemoryBatches
+from vaelab.checkpoints import check_checkpoint, load_checkpoint
+from vaelab.data import MNISTDataModule
 from vaelab.train import train
 
 from .conftest import TINY_RUN, run_train, write_idx
+from .helpers import mlp_vae
 from .test_config import compose_train
 
 # Three short epochs of 8 steps, with last.ckpt also written every 4 steps.
-RESUMABLE = [*TINY_RUN, "trainer.max_epochs=3", "trainer.deterministic=true",
-             "callbacks.periodic_checkpoint.every_n_train_steps=4"]  # fmt: skip
+RESUMABLE = [
+    *TINY_RUN,
+    "trainer.max_epochs=3",
+    "trainer.deterministic=true",
+    "callbacks.last_checkpoint.every_n_train_steps=4",
+]
 
 
 def killed_at(step: int, signal_name: str) -> list[str]:
@@ -37,18 +43,23 @@ def final_metrics(run_dir: Path) -> dict[str, float]:
     "override,message",
     [
         ("model.latent_size=0", "model.latent_size=0 is invalid: use a positive integer"),
-        ("model.hidden_sizes=[400,0]", "model.hidden_sizes=[400, 0] is invalid: use a non-empty"),
-        ("model.hidden_sizes=[-5]", "model.hidden_sizes=[-5] is invalid"),
+        (
+            "model.encoder.hidden_sizes=[400,0]",
+            "model.encoder.hidden_sizes=[400, 0] is invalid: use a non-empty",
+        ),
+        ("model.decoder.hidden_sizes=[-5]", "model.decoder.hidden_sizes=[-5] is invalid"),
+        (
+            "model.encoder.activation=gelu",
+            "model.encoder.activation='gelu' is invalid: use relu or",
+        ),
+        ("model/prior=mog", "model.prior.num_components=0 is invalid: use 1 or more"),
         ("model.lr=0", "model.lr=0 is invalid: use a learning rate > 0"),
         ("model.lr=-1e-3", "model.lr=-0.001 is invalid"),
         ("model.beta=-1", "model.beta=-1 is invalid: use a weight >= 0"),
         ("model.optimizer=adamm", "model.optimizer='adamm' is invalid: use adam or adamw or sgd"),
-        ("model.network=rnn", "model.network='rnn' is invalid: use mlp or conv"),
-        ("model=conv_vae", "model.hidden_sizes=[32, 64, 128] is invalid: each convolution halves"),
-        ("model.likelihood=gaussian", "model.likelihood='gaussian' is invalid: use bernoulli or"),
+        ("model=conv_vae", "model.encoder.channels=[32, 64, 128] is invalid: each convolution"),
         ("model.iw_samples=0", "model.iw_samples=0 is invalid: use 1 \\(the VAE\\) or more"),
         ("model.kl_warmup_epochs=-1", "model.kl_warmup_epochs=-1 is invalid"),
-        ("model.num_classes=-1", "model.num_classes=-1 is invalid"),
         ("data.batch_size=0", "data.batch_size=0 is invalid: use a positive integer"),
         ("data.val_size=60000", "data.val_size=60000 is invalid: use 0 < val_size < 60000"),
         ("trainer.devices=0", "trainer:"),
@@ -63,7 +74,9 @@ def test_bad_values_are_named_before_any_data_is_read(
     if override == "resume=true":
         overrides.append(f"ckpt_path={tmp_path / 'x.ckpt'}")
     if override == "model=conv_vae":
-        overrides.append("model.hidden_sizes=[32,64,128]")
+        overrides.append("model.encoder.channels=[32,64,128]")
+    if override == "model/prior=mog":
+        overrides.append("model.prior.num_components=0")
     with pytest.raises(UserError, match=message.replace("[", r"\[").replace("+", r"\+")):
         train(compose_train(overrides, tmp_path))
     assert not (tmp_path / "checkpoints").exists()
@@ -80,6 +93,8 @@ def test_a_validation_split_too_large_for_the_files(tiny_mnist: Path, tmp_path: 
         ("model.latent_size=0", "model.latent_size=0 is invalid"),
         ("hardware=tpu", "Could not find 'hardware/tpu'"),
         ("model=nope", "Could not find 'model/nope'"),
+        ("model/likelihood=gaussian", "Could not find 'model/likelihood/gaussian'"),
+        ("model/encoder=rnn", "Could not find 'model/encoder/rnn'"),
     ],
 )
 def test_the_command_line_shows_one_message(override: str, message: str, tmp_path: Path) -> None:
@@ -132,10 +147,13 @@ def test_the_batch_iterator_resumes_where_training_stood() -> None:
     data = torch.arange(20.0).view(20, 1)
 
     def batches() -> InMemoryBatches:
-        return InMemoryBatches(data, batch_size=6, shuffle=True, seed=3)
+        return InMemoryBatches(data, torch.arange(20), batch_size=6, shuffle=True, seed=3)
+
+    def images(pairs: object) -> torch.Tensor:
+        return torch.cat([images for images, labels in pairs])
 
     reference = batches()
-    first_epoch, second_epoch = torch.cat(list(reference)), torch.cat(list(reference))
+    first_epoch, second_epoch = images(reference), images(reference)
     interrupted = batches()
     iterator = iter(interrupted)
     trained = [next(iterator) for _ in range(2)]
@@ -144,9 +162,11 @@ def test_the_batch_iterator_resumes_where_training_stood() -> None:
     resumed = batches()
     resumed.load_state_dict(state)
     rest, following = list(resumed), list(resumed)
-    assert torch.equal(torch.cat(trained + rest), first_epoch)
-    assert torch.equal(torch.cat(following), second_epoch)
+    assert torch.equal(images(trained + rest), first_epoch)
+    assert torch.equal(images(following), second_epoch)
     assert not torch.equal(first_epoch, second_epoch)
+    # the labels travel with their images
+    assert all(torch.equal(labels, images.flatten().long()) for images, labels in trained + rest)
 
 
 @pytest.fixture(scope="module")
@@ -175,9 +195,11 @@ def test_a_killed_run_resumes_exactly(
 ) -> None:
     """Killed mid-epoch 2 (step 14 of 24), resumed: the same final metrics, to the bit."""
     first = run_train(
-        f"data.data_dir={tiny_mnist}", *RESUMABLE, f"hydra.run.dir={tmp_path}",
+        f"data.data_dir={tiny_mnist}",
+        *RESUMABLE,
+        f"hydra.run.dir={tmp_path}",
         *killed_at(14, signal_name),
-    )  # fmt: skip
+    )
     assert first.returncode != 0 and not (tmp_path / "metrics.json").exists()
     last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     # SIGKILL leaves the periodic checkpoint of step 12; SIGTERM and Ctrl-C save at step 14
@@ -193,9 +215,12 @@ def test_divergence_stops_with_the_step_and_keeps_the_good_checkpoint(
     tiny_mnist: Path, tmp_path: Path
 ) -> None:
     result = run_train(
-        f"data.data_dir={tiny_mnist}", *RESUMABLE, f"hydra.run.dir={tmp_path}",
-        "model._target_=tests.helpers.ExplodingVAE", "+model.explode_at_step=10",
-    )  # fmt: skip
+        f"data.data_dir={tiny_mnist}",
+        *RESUMABLE,
+        f"hydra.run.dir={tmp_path}",
+        "model._target_=tests.helpers.ExplodingVAE",
+        "+model.explode_at_step=10",
+    )
     assert result.returncode != 0 and "Traceback" not in result.stderr
     last = tmp_path / "checkpoints" / "last.ckpt"
     assert (
@@ -212,6 +237,9 @@ def test_a_random_seed_is_logged(tiny_mnist: Path, tmp_path: Path) -> None:
     train(cfg)
     logged = (tmp_path / "hparams.yaml").read_text()
     assert isinstance(cfg.seed, int) and f"seed: {cfg.seed}" in logged
+    again = compose_train([f"data.data_dir={tiny_mnist}", *TINY_RUN, "seed=null"], tmp_path)
+    train(again)  # another random seed: equal by chance once in 2^31 runs
+    assert again.seed != cfg.seed
 
 
 @pytest.fixture(scope="module")
@@ -229,7 +257,8 @@ def test_a_file_that_is_not_a_checkpoint(tmp_path: Path) -> None:
 
 def test_a_pickle_of_other_objects_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "other.ckpt"
-    torch.save({"state_dict": {}, "loader": InMemoryBatches(torch.zeros(2, 1), 1, False)}, path)
+    loader = InMemoryBatches(torch.zeros(2, 1), torch.zeros(2, dtype=torch.int64), 1, False)
+    torch.save({"state_dict": {}, "loader": loader}, path)
     with pytest.raises(UserError, match="other.ckpt is not a checkpoint of this project") as error:
         load_checkpoint(path)
     assert "InMemoryBatches" in str(error.value) and "weights_only" not in str(error.value)
@@ -246,10 +275,8 @@ def test_a_checkpoint_of_another_shape(checkpoint: Path) -> None:
     with pytest.raises(
         UserError, match=r"model.latent_size=4 there, 5 here.*settings it was trained with"
     ):
-        check_checkpoint(checkpoint, VAEModule(hidden_sizes=[32], latent_size=5))
-    check_checkpoint(
-        checkpoint, VAEModule(hidden_sizes=[32], latent_size=4, lr=0.1)
-    )  # shapes agree
+        check_checkpoint(checkpoint, mlp_vae([32], latent_size=5))
+    check_checkpoint(checkpoint, mlp_vae([32], latent_size=4, lr=0.1))  # shapes agree
 
 
 def test_resuming_from_a_bad_checkpoint_is_one_message(tiny_mnist: Path, tmp_path: Path) -> None:

@@ -7,8 +7,6 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from vaelab.runs import quote_paths
-
 from .conftest import TINY_RUN, TINY_TEST, read_events, run_script, run_train
 
 METRICS = {"test/loss", "test/recon", "test/kl", "test/nll_iw", "test/nll_iw_bpd"}
@@ -19,9 +17,13 @@ def run_dir(tiny_mnist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A two-epoch run with a 2-D latent on dynamically binarized tiny data."""
     run_dir = tmp_path_factory.mktemp("run")
     result = run_train(
-        f"data.data_dir={tiny_mnist}", *TINY_RUN, "trainer.max_epochs=2", "model.latent_size=2",
-        "data.binarize=dynamic", f"hydra.run.dir={run_dir}",
-    )  # fmt: skip
+        f"data.data_dir={tiny_mnist}",
+        *TINY_RUN,
+        "trainer.max_epochs=2",
+        "model.latent_size=2",
+        "data.binarize=dynamic",
+        f"hydra.run.dir={run_dir}",
+    )
     assert result.returncode == 0, result.stderr
     return run_dir
 
@@ -72,8 +74,13 @@ def test_visualize_writes_the_pictures(run_dir: Path, tiny_mnist: Path) -> None:
     figures = run_dir / "figures"
     sizes = {path.stem: Image.open(path).size for path in figures.glob("*.png")}
     assert set(sizes) == {
-        "reconstructions", "samples", "interpolations", "traversals", "manifold", "latent_means",
-    }  # fmt: skip
+        "reconstructions",
+        "samples",
+        "interpolations",
+        "traversals",
+        "manifold",
+        "latent_means",
+    }
     cell = 28 + 2  # make_grid pads by 2 pixels
     assert sizes["reconstructions"] == (8 * cell + 2, 8 * cell + 2)  # 4 pairs of rows of 8
     assert sizes["traversals"] == (11 * cell + 2, 2 * cell + 2)  # one row per latent dimension
@@ -108,15 +115,3 @@ def test_mistakes_are_one_clear_message(
     assert result.returncode != 0
     assert message in result.stderr and "Traceback" not in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "notes.ckpt"]
-
-
-def test_paths_are_quoted_for_hydra() -> None:
-    """A sweep job's folder holds `=` and `,`, which Hydra's grammar takes only quoted."""
-    args = [
-        "run_dir=outputs/multirun/x/0_model.latent_size=2,model.hidden_sizes=[64]",
-        "ckpt_path=null", "data_dir='already quoted'", "iw_samples=5", "model.hidden_sizes=[1,2]",
-    ]  # fmt: skip
-    assert quote_paths(args) == [
-        "run_dir='outputs/multirun/x/0_model.latent_size=2,model.hidden_sizes=[64]'",
-        *args[1:],
-    ]

@@ -25,9 +25,14 @@ def status(job: Path) -> str:
 
 def test_joblib_runs_two_jobs_in_parallel(tiny_mnist: Path, tmp_path: Path) -> None:
     result = run_train(
-        "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={tmp_path}",
-        f"data.data_dir={tiny_mnist}", *TINY_RUN, "model.latent_size=2,3",
-    )  # fmt: skip
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        f"hydra.sweep.dir={tmp_path}",
+        f"data.data_dir={tiny_mnist}",
+        *TINY_RUN,
+        "model.latent_size=2,3",
+    )
     assert result.returncode == 0, result.stderr
     assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr
     assert [status(job) for job in jobs(tmp_path)] == ["completed", "completed"]
@@ -35,12 +40,16 @@ def test_joblib_runs_two_jobs_in_parallel(tiny_mnist: Path, tmp_path: Path) -> N
 
 def test_optuna_search_records_trials_and_the_best(tiny_mnist: Path, tmp_path: Path) -> None:
     result = run_train(
-        "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={tmp_path}",
-        f"data.data_dir={tiny_mnist}", *[o for o in TINY_RUN if not o.startswith("model.")],
+        "-m",
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=3",
+        f"hydra.sweep.dir={tmp_path}",
+        f"data.data_dir={tiny_mnist}",
+        *[o for o in TINY_RUN if not o.startswith("model.")],
         # a search space in which some trials fail: latent size 0 is refused
         "hydra.sweeper.params={model.latent_size: 'choice(0, 3)', hidden_width: 'choice(16, 32)',"
         " model.lr: 'choice(0.001)', model.beta: 'choice(1.0)'}",
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stderr
     runs = jobs(tmp_path)
     assert len(runs) == 3
@@ -64,9 +73,12 @@ def test_a_failed_run_does_not_sink_the_sweep_and_is_summarized(
     tiny_mnist: Path, tmp_path: Path
 ) -> None:
     result = run_train(
-        "-m", f"hydra.sweep.dir={tmp_path}", f"data.data_dir={tiny_mnist}", *TINY_RUN,
+        "-m",
+        f"hydra.sweep.dir={tmp_path}",
+        f"data.data_dir={tiny_mnist}",
+        *TINY_RUN,
         "model.latent_size=3,0,2",
-    )  # fmt: skip
+    )
     # every job ran; then Hydra's basic sweeper reports the failure and exits non-zero
     assert [status(job) for job in jobs(tmp_path)] == ["completed", "failed", "completed"]
     assert result.returncode != 0 and "latent_size=0 is invalid" in result.stderr
@@ -75,8 +87,10 @@ def test_a_failed_run_does_not_sink_the_sweep_and_is_summarized(
 
     summary = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "summarize.py"), str(tmp_path)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert summary.returncode == 0, summary.stderr
     header, *rows = list(csv.reader((tmp_path / "summary.csv").open()))
     assert header[:5] == ["run", "status", "model.latent_size", "best_val_loss", "test/loss"]
@@ -90,11 +104,16 @@ def test_a_failed_run_does_not_sink_the_sweep_and_is_summarized(
 
 def test_ddp_on_two_cpu_processes_sees_every_example_once(tiny_mnist: Path, tmp_path: Path) -> None:
     result = run_train(
-        f"data.data_dir={tiny_mnist}", *TINY_RUN, "trainer.max_epochs=2",
-        f"hydra.run.dir={tmp_path}", "hardware=cpu", "trainer.devices=2", "trainer.strategy=ddp",
+        f"data.data_dir={tiny_mnist}",
+        *TINY_RUN,
+        "trainer.max_epochs=2",
+        f"hydra.run.dir={tmp_path}",
+        "hardware=cpu",
+        "trainer.devices=2",
+        "trainer.strategy=ddp",
         "+callbacks.record._target_=tests.helpers.RecordExamples",
         f"+callbacks.record.folder={tmp_path}",
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stderr
     data = MNISTDataModule(str(tiny_mnist), val_size=64)
     data.setup("fit")

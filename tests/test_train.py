@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vaelab.data import MNIST_FILES
+from vaelab.datasets import IDX_FILES
 from vaelab.module import VAEModule
 from vaelab.train import train
 
@@ -70,7 +70,7 @@ def test_best_and_last_checkpoints_load_without_arguments(trained: Path) -> None
     assert len(checkpoints) == 2 and "last.ckpt" in checkpoints
     best = next(p for p in (trained / "checkpoints").iterdir() if p.name.startswith("epoch"))
     model = VAEModule.load_from_checkpoint(best)
-    assert model.hparams.latent_size == 4 and model.hparams.hidden_sizes == [32]
+    assert model.hparams.latent_size == 4 and model.hparams.encoder["hidden_sizes"] == [32]
     assert model.sample(3).shape == (3, 1, 28, 28)
 
 
@@ -79,9 +79,12 @@ def test_resume_continues_from_the_checkpoint(
 ) -> None:
     last = trained / "checkpoints" / "last.ckpt"
     result = run_train(
-        f"data.data_dir={tiny_mnist}", *TINY_RUN, "trainer.max_epochs=3",
-        f"ckpt_path={last}", f"hydra.run.dir={tmp_path}",
-    )  # fmt: skip
+        f"data.data_dir={tiny_mnist}",
+        *TINY_RUN,
+        "trainer.max_epochs=3",
+        f"ckpt_path={last}",
+        f"hydra.run.dir={tmp_path}",
+    )
     assert result.returncode == 0, result.stderr
     resumed = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
     assert (resumed["epoch"], resumed["global_step"]) == (2, 3 * STEPS_PER_EPOCH)
@@ -98,7 +101,8 @@ def test_a_sweep_gets_one_folder_per_job(tiny_mnist: Path, tmp_path: Path) -> No
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
     assert [job.name[:2] for job in jobs] == ["0_", "1_"]
     for job, latent_size in zip(jobs, (2, 3), strict=True):
-        assert f"model.latent_size={latent_size}" in job.name and "data_dir" not in job.name
+        assert f"model.latent_size-{latent_size}" in job.name and "data_dir" not in job.name
+        assert "=" not in job.name  # so the folder can be named on Hydra's command line
         assert (job / "checkpoints" / "last.ckpt").is_file()
         assert "test/loss" in read_events(job).Tags()["scalars"]
         assert (
@@ -121,7 +125,7 @@ def test_missing_data_is_one_clear_message(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert str(tmp_path / "nothing" / "MNIST" / "raw") in result.stderr
-    assert all(name in result.stderr for name in MNIST_FILES)
+    assert all(name in result.stderr for name in IDX_FILES)
     assert "data.data_dir=" in result.stderr
 
 

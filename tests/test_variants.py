@@ -16,29 +16,34 @@ from vaelab.losses import (
     continuous_bernoulli_log_norm,
     continuous_bernoulli_nll,
     gaussian_kl,
+    gaussian_log_prob,
     iw_log_likelihood,
     kl_weight,
     log_importance_weights,
+    log_normal_standard,
 )
 from vaelab.module import VAEModule
 
 from .conftest import TINY_RUN, read_events, run_script, run_train
+from .helpers import conv_vae, mlp_vae
 
+CONTINUOUS_BERNOULLI = {"_target_": "vaelab.likelihoods.ContinuousBernoulli"}
+LABELS = {"conditional": True, "num_classes": 10}
 VARIANTS = {
-    "mlp": {},
-    "conv": {"network": "conv", "hidden_sizes": [8, 16]},
-    "cvae": {"num_classes": 10},
-    "conv_cvae": {"network": "conv", "hidden_sizes": [8], "num_classes": 10},
-    "continuous_bernoulli": {"likelihood": "continuous_bernoulli"},
+    "mlp": lambda: VAEModule(latent_size=3),
+    "conv": lambda: conv_vae([8, 16], latent_size=3),
+    "cvae": lambda: VAEModule(latent_size=3, **LABELS),
+    "conv_cvae": lambda: conv_vae([8], latent_size=3, **LABELS),
+    "continuous_bernoulli": lambda: VAEModule(latent_size=3, likelihood=CONTINUOUS_BERNOULLI),
 }
 
 
 @pytest.mark.parametrize("name", VARIANTS)
 def test_shapes(name: str) -> None:
     torch.manual_seed(0)
-    model = VAEModule(latent_size=3, **VARIANTS[name])
+    model = VARIANTS[name]()
     x, labels = torch.rand(5, 1, 28, 28), torch.arange(5)
-    given = labels if model.needs_labels else None
+    given = labels if model.hparams.conditional else None
     mean, logvar = model.encode(x, given)
     assert mean.shape == logvar.shape == (5, 3)
     logits, _, _ = model(x, given)
@@ -47,27 +52,27 @@ def test_shapes(name: str) -> None:
         assert images.shape == (5, 1, 28, 28)
         assert 0 <= images.min() and images.max() <= 1
     assert model.log_likelihood(x, 7, chunk_size=3, labels=given).shape == (5,)
-    objective = model._shared_step((x, labels) if model.needs_labels else x, "train")
+    objective = model.training_step((x, labels), 0)["loss"]
     objective.backward()  # the gradient reaches the encoder's first layer
     first = next(model.encoder.parameters())
     assert first.grad is not None and first.grad.abs().sum() > 0
 
 
 def test_conv_layers_halve_the_image() -> None:
-    model = VAEModule(network="conv", hidden_sizes=[32, 64], latent_size=5)
+    model = conv_vae([32, 64], latent_size=5)
     convs = [m for m in model.encoder.body if isinstance(m, torch.nn.Conv2d)]
     assert [(c.in_channels, c.out_channels, c.stride) for c in convs] == [
         (1, 32, (2, 2)),
         (32, 64, (2, 2)),
     ]
     assert model.encoder.mean.in_features == 64 * 7 * 7
-    with pytest.raises(UserError, match=r"hidden_sizes=\[8, 16, 32\] is invalid.*at most 2"):
-        VAEModule(network="conv", hidden_sizes=[8, 16, 32])
+    with pytest.raises(UserError, match=r"encoder.channels=\[8, 16, 32\] is invalid.*at most 2"):
+        conv_vae([8, 16, 32])
 
 
 def test_the_condition_changes_the_digit_and_must_be_given() -> None:
     torch.manual_seed(0)
-    model = VAEModule(hidden_sizes=[32], latent_size=2, num_classes=10)
+    model = mlp_vae([32], latent_size=2, **LABELS)
     z = torch.randn(1, 2).expand(10, 2)  # one z, decoded with each of the ten labels
     images = model.decode(z, torch.arange(10))
     assert all(not torch.equal(images[0], images[k]) for k in range(1, 10))
@@ -97,7 +102,7 @@ def test_continuous_bernoulli_equals_torch_distributions() -> None:
 
 def test_continuous_bernoulli_model_decodes_the_distributions_mean() -> None:
     torch.manual_seed(0)
-    model = VAEModule(hidden_sizes=[16], latent_size=2, likelihood="continuous_bernoulli")
+    model = mlp_vae([16], latent_size=2, likelihood=CONTINUOUS_BERNOULLI)
     z = torch.randn(4, 2) * 3
     expected = ContinuousBernoulli(logits=model.decoder(z)).mean.view(4, 1, 28, 28)
     torch.testing.assert_close(model.decode(z), expected)
@@ -125,7 +130,7 @@ def test_iwae_with_one_sample_is_the_elbo_for_the_same_noise() -> None:
     """K = 1: L_1 = log p(x|z) + log p(z) - log q(z|x), the single-sample ELBO; its KL part
     averages to the closed-form KL the VAE uses (checked over many draws)."""
     torch.manual_seed(0)
-    model = VAEModule(hidden_sizes=[16], latent_size=3)
+    model = mlp_vae([16], latent_size=3)
     x = torch.rand(4, 1, 28, 28)
     eps = torch.randn(1, 4, 3)
     mean, logvar = model.encode(x)
@@ -135,7 +140,9 @@ def test_iwae_with_one_sample_is_the_elbo_for_the_same_noise() -> None:
         z
     ).sum(-1)
     torch.testing.assert_close(iw_bound_by_hand(model, x, eps), -(recon + kl_sample)[0])
-    log_w = log_importance_weights(-recon, z, mean, logvar)
+    log_w = log_importance_weights(
+        -recon, log_normal_standard(z), gaussian_log_prob(z, mean, logvar)
+    )
     torch.testing.assert_close(iw_log_likelihood(log_w), -(recon + kl_sample)[0])
     many = mean + (0.5 * logvar).exp() * torch.randn(20000, 4, 3)  # (draws, B, latent)
     log_ratio = Normal(mean, (0.5 * logvar).exp()).log_prob(many).sum(-1) - Normal(0, 1).log_prob(
@@ -146,32 +153,33 @@ def test_iwae_with_one_sample_is_the_elbo_for_the_same_noise() -> None:
 
 def test_iwae_training_objective_is_the_k_sample_bound() -> None:
     torch.manual_seed(0)
-    model = VAEModule(hidden_sizes=[16], latent_size=3, iw_samples=5)
+    model = mlp_vae([16], latent_size=3, iw_samples=5)
     x = torch.rand(4, 1, 28, 28)
+    batch = (x, torch.zeros(4, dtype=torch.long))
     torch.manual_seed(1)
-    objective = model._shared_step(x, "train")
+    objective = model.training_step(batch, 0)["loss"]
     torch.manual_seed(1)
     _ = model.encode(x)  # the step draws its noise after encoding, which draws none
     eps = torch.randn(5, 4, 3)
     torch.testing.assert_close(objective, -iw_bound_by_hand(model, x, eps).mean())
     # Validation keeps the ELBO: one draw, closed-form KL, whatever K is.
     torch.manual_seed(2)
-    val = model._shared_step(x, "val")
+    val = model.validation_step(batch, 0)["loss"]
     torch.manual_seed(2)
-    recon, kl = model.loss_terms(x)
+    recon, kl, _ = model.loss_terms(x)
     torch.testing.assert_close(val, (recon + kl).mean())
 
 
 def test_iwae_objective_is_below_the_negative_elbo_on_average() -> None:
     """E[-L_K] <= E[-L_1] (Burda et al. 2015, Theorem 1): the bound is tighter."""
     torch.manual_seed(0)
-    x = torch.rand(8, 1, 28, 28).bernoulli()
-    vae = VAEModule(hidden_sizes=[16], latent_size=3)
-    iwae = VAEModule(hidden_sizes=[16], latent_size=3, iw_samples=20)
+    batch = (torch.rand(8, 1, 28, 28).bernoulli(), torch.zeros(8, dtype=torch.long))
+    vae = mlp_vae([16], latent_size=3)
+    iwae = mlp_vae([16], latent_size=3, iw_samples=20)
     iwae.load_state_dict(vae.state_dict())
     with torch.no_grad():
-        elbo = torch.stack([vae._shared_step(x, "train") for _ in range(200)])
-        bound = torch.stack([iwae._shared_step(x, "train") for _ in range(50)])
+        elbo = torch.stack([vae.training_step(batch, 0)["loss"] for _ in range(200)])
+        bound = torch.stack([iwae.training_step(batch, 0)["loss"] for _ in range(50)])
     standard_error = (elbo.var() / len(elbo) + bound.var() / len(bound)).sqrt()
     assert bound.mean() < elbo.mean() - 4 * standard_error
 
@@ -180,14 +188,18 @@ def test_a_conditional_vae_draws_the_class_it_is_given(tiny_mnist: Path, tmp_pat
     """The tiny digits of class k are a bright bar on rows 4 + 2k and 5 + 2k: after a short
     fit through the real Trainer and DataModule, samples of class k have their bar there."""
     L.seed_everything(0)
-    model = VAEModule(hidden_sizes=[64], latent_size=2, num_classes=10, lr=1e-2)
     data = MNISTDataModule(str(tiny_mnist), batch_size=32, eval_batch_size=64, val_size=64)
+    model = mlp_vae([64], latent_size=2, conditional=True, num_classes=data.num_classes, lr=1e-2)
     trainer = L.Trainer(
-        max_epochs=30, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0,
-    )  # fmt: skip
+        max_epochs=30,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(model, datamodule=data)
-    assert data.with_labels  # the DataModule handed labels to the model that asked
+    assert data.num_classes == 10  # the model was built for the data's classes
     classes = torch.arange(10).repeat_interleave(16)
     with torch.no_grad():
         samples = model.eval().sample(160, classes, torch.Generator().manual_seed(0))
@@ -196,32 +208,42 @@ def test_a_conditional_vae_draws_the_class_it_is_given(tiny_mnist: Path, tmp_pat
     assert ((bar_rows - 4) // 2 == classes).float().mean() > 0.95
 
 
-EXPERIMENTS = ["beta4", "continuous_bernoulli", "conv", "cvae", "iwae_k5", "latent2_manifold"]
+EXPERIMENTS = ["beta4", "continuous_bernoulli", "iwae_k5", "latent2_manifold"]
+MODELS = ["conv_vae", "cvae"]
 
 
 @pytest.fixture(scope="module")
 def experiment_runs(tiny_mnist: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Each preset's run folder after `python train.py -m experiment=...` on the tiny data."""
-    sweep_dir = tmp_path_factory.mktemp("experiments")
-    result = run_train(
-        "-m", f"experiment={','.join(EXPERIMENTS)}", f"data.data_dir={tiny_mnist}",
-        *TINY_RUN, "trainer.max_epochs=2", "model.latent_size=2", f"hydra.sweep.dir={sweep_dir}",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    return {
-        name: next(sweep_dir.glob(f"{num}_*experiment={name},*"))
-        for num, name in enumerate(EXPERIMENTS)
-    }
+    """Each preset's run folder after `python train.py -m experiment=...`, and each model's
+    after `python train.py -m model=...`, on the tiny data."""
+    runs = {}
+    for group, names in (("experiment", EXPERIMENTS), ("model", MODELS)):
+        sweep_dir = tmp_path_factory.mktemp(group)
+        widths = [o for o in TINY_RUN if not o.startswith("model.")] if group == "model" else []
+        result = run_train(
+            "-m",
+            f"{group}={','.join(names)}",
+            f"data.data_dir={tiny_mnist}",
+            *(widths or TINY_RUN),
+            "trainer.max_epochs=2",
+            "model.latent_size=2",
+            f"hydra.sweep.dir={sweep_dir}",
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        for num, name in enumerate(names):
+            runs[name] = next(sweep_dir.glob(f"{num}_*{group}-{name}+*"))
+    return runs
 
 
-@pytest.mark.parametrize("name", EXPERIMENTS)
+@pytest.mark.parametrize("name", EXPERIMENTS + MODELS)
 def test_each_experiment_trains_and_tests(
     name: str, experiment_runs: dict[str, Path], tiny_mnist: Path
 ) -> None:
     run_dir = experiment_runs[name]
     summary = json.loads((run_dir / "metrics.json").read_text())
     assert summary["status"] == "completed" and summary["epochs"] == 2
-    assert f"experiment={name}" in summary["overrides"]
+    group = "model" if name in MODELS else "experiment"
+    assert f"{group}={name}" in summary["overrides"]
     metrics = summary["metrics"]
     assert math.isfinite(metrics["test/loss"])
     # The logged loss is the true negative ELBO; the objective is what was optimized.
@@ -256,7 +278,8 @@ def classes_twice(split: str, tiny_mnist: Path) -> int:
 
 def study(script: str, run_dir: Path, tiny_mnist: Path, *args: str) -> None:
     """Run scripts/SCRIPT.py on the run's best checkpoint and check that it succeeded."""
-    result = run_script(script, f"run_dir={run_dir}", f"data_dir={tiny_mnist}", *args)
+    # Quoted: the folder's name holds a list value, [32], which Hydra takes only in quotes.
+    result = run_script(script, f"run_dir='{run_dir}'", f"data_dir={tiny_mnist}", *args)
     assert result.returncode == 0, result.stderr[-3000:]
 
 
@@ -271,8 +294,12 @@ def test_a_conditional_model_is_evaluated_and_drawn(
     study("visualize", run_dir, tiny_mnist)
     sizes = {path.stem: Image.open(path).size for path in (run_dir / "figures").glob("*.png")}
     assert set(sizes) == {
-        "reconstructions", "samples", "interpolations", "traversals", "latent_means",
-    }  # fmt: skip
+        "reconstructions",
+        "samples",
+        "interpolations",
+        "traversals",
+        "latent_means",
+    }
     # one row of 11 steps for each class with two test digits
     assert sizes["interpolations"] == (11 * 30 + 2, classes_twice("test", tiny_mnist) * 30 + 2)
     assert sizes["samples"] == (8 * 30 + 2, 10 * 30 + 2)  # one row per class
@@ -286,7 +313,7 @@ def test_a_continuous_bernoulli_model_is_evaluated_with_its_likelihood(
     run_dir = experiment_runs["continuous_bernoulli"]
     study("evaluate", run_dir, tiny_mnist, "iw_samples=10")
     summary = json.loads((run_dir / "metrics.json").read_text())
-    assert summary["evaluation"]["likelihood"] == "continuous_bernoulli"
+    assert summary["evaluation"]["likelihood"] == "ContinuousBernoulli"
     evaluated, trained = summary["evaluation"]["metrics"], summary["metrics"]
     assert evaluated["test/loss"] == pytest.approx(trained["test/loss"], abs=3.0)
     assert evaluated["test/nll_iw"] <= evaluated["test/loss"]

@@ -1,8 +1,14 @@
-"""vaelab: variational autoencoders on MNIST with PyTorch Lightning and Hydra."""
+"""vaelab: variational autoencoders with PyTorch Lightning and Hydra."""
+
+from hydra.errors import CompactHydraException
 
 
-class UserError(Exception):
-    """A mistake in the user's setup or config; entry points print it without a traceback."""
+class UserError(CompactHydraException):
+    """A mistake in the user's setup or config.
+
+    A CompactHydraException, so that Hydra's entry points print its message alone, without
+    a traceback, and a sweep still sees the job fail.
+    """
 
 
 def require(ok: bool, name: str, value: object, accepted: str) -> None:

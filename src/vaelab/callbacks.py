@@ -1,30 +1,126 @@
-"""Lightning callbacks: pictures of what the VAE learns, a lean progress bar, safe stops."""
+"""Lightning callbacks: epoch metrics, pictures, a lean progress bar, and what makes runs
+resumable and safe (last.ckpt, the random state, a stop on divergence)."""
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks import Checkpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
-from torchvision.utils import make_grid
 
 from vaelab import UserError
-from vaelab.module import VAEModule
-from vaelab.pictures import interpolation_latents, pairs_grid, same_class_pairs
+from vaelab.pictures import interpolations_grid, pairs_grid, samples_grid
+
+if TYPE_CHECKING:
+    from vaelab.module import VAEModule
+
+Batch = tuple[Tensor, Tensor]  # images, labels
+
+
+class DivergenceError(UserError):
+    """Training produced a non-finite loss; reported like a user error, without a traceback."""
+
+
+class EpochMetrics(L.Callback):
+    """Log each epoch's recon, KL and loss (the negative ELBO) as means per example, and in
+    training the objective that was optimized (and the KL weight during a warm-up).
+
+    Each step returns its batch's sums, which are added up on the device and read once per
+    epoch: a `self.log` per step costs about a tenth of this network's training step on a CPU
+    and reads the value. The training sums of an unfinished epoch are saved in checkpoints,
+    so that a resumed run reports the same means as an uninterrupted one.
+    """
+
+    def __init__(self) -> None:
+        self.totals: dict[str, Tensor] = {}  # per stage: summed recon, KL, objective
+        self.counts: dict[str, int] = {}  # per stage: examples seen in the epoch
+        self.resumed: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        totals = self.totals.get("train", torch.zeros(3)).cpu()
+        return {"totals": totals, "count": self.counts.get("train", 0)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.resumed = state_dict  # restored once training starts, on the training device
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: "VAEModule") -> None:
+        if self.resumed is not None and self.resumed["count"]:
+            self.totals["train"] = self.resumed["totals"].to(pl_module.device)
+            self.counts["train"] = self.resumed["count"]
+        self.resumed = None
+
+    def add(self, stage: str, outputs: dict[str, Tensor], batch: Batch) -> None:
+        self.totals[stage] = self.totals.get(stage, 0) + outputs["sums"]
+        self.counts[stage] = self.counts.get(stage, 0) + len(batch[0])
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        self.add("train", outputs, batch)
+
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self.add("val", outputs, batch)
+
+    def on_test_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self.add("test", outputs, batch)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: "VAEModule") -> None:
+        self.log_means("train", trainer, pl_module)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: "VAEModule") -> None:
+        self.log_means("val", trainer, pl_module)
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: "VAEModule") -> None:
+        self.log_means("test", trainer, pl_module)
+
+    def log_means(self, stage: str, trainer: L.Trainer, pl_module: "VAEModule") -> None:
+        """Log the epoch's means per example, summed over all processes first."""
+        sums = self.totals.pop(stage)
+        totals = torch.cat([sums, sums.new_tensor([self.counts.pop(stage)])])
+        recon, kl, objective, count = trainer.strategy.reduce(totals, reduce_op="sum")
+        metrics = {f"{stage}/recon": recon / count, f"{stage}/kl": kl / count}
+        if stage == "train":  # what was optimized, e.g. with beta, warm-up or K > 1
+            metrics["train/objective"] = objective / count
+            if pl_module.hparams.kl_warmup_epochs:
+                metrics["train/kl_weight"] = pl_module.current_kl_weight()  # at the epoch's end
+        # Every process holds the same sums now; sync_dist only keeps Lightning from warning.
+        pl_module.log_dict(metrics, sync_dist=True)
+        pl_module.log(f"{stage}/loss", (recon + kl) / count, prog_bar=True, sync_dist=True)
 
 
 class ImageLogger(L.Callback):
-    """Each validation epoch, log validation digits above their reconstructions, samples,
-    and interpolations between validation digits.
+    """Each validation epoch, log validation images above their reconstructions, samples from
+    the prior, and interpolations between validation images, to TensorBoard.
 
-    The digits are the first of the validation set and the samples decode fixed draws from
-    the prior, so the images of successive epochs show the same things. A conditional model's
-    samples have one row per class, each row decoding the same nrow draws, and each row of
-    its interpolations joins two digits of one class, decoded with their label.
+    The images are the first of the validation set, and the samples are drawn with the same
+    seed each epoch, so the pictures of successive epochs show the same things. A conditional
+    model's samples have one row per class, each decoding the same draws, and each row of its
+    interpolations joins two images of one class, decoded with their label.
     """
 
     def __init__(self, num_images: int = 32, num_samples: int = 64, nrow: int = 8) -> None:
@@ -33,59 +129,35 @@ class ImageLogger(L.Callback):
         self.num_images = num_images
         self.num_samples = num_samples
         self.nrow = nrow
-        self.images: Tensor | None = None
-        self.labels: Tensor | None = None
-        self.walk_ends: tuple[Tensor, Tensor, Tensor | None] | None = None  # starts, ends, labels
-        self.z: Tensor | None = None
-
-    def setup(self, trainer: L.Trainer, pl_module: VAEModule, stage: str) -> None:
-        noise = torch.Generator().manual_seed(0)
-        self.z = torch.randn(self.num_samples, pl_module.hparams.latent_size, generator=noise)
+        self.batch: Batch | None = None
 
     def on_validation_batch_end(
         self,
         trainer: L.Trainer,
-        pl_module: VAEModule,
+        pl_module: L.LightningModule,
         outputs: Any,
-        batch: Tensor | tuple[Tensor, Tensor],
+        batch: Any,
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if batch_idx != 0:
-            return
-        images, labels = pl_module.split_batch(batch)
-        self.images = images[: self.num_images]
-        self.labels = None if labels is None else labels[: self.num_images]
-        if labels is None:  # row i walks from digit i to digit rows + i
-            rows = min(self.nrow, len(images) // 2)
-            starts, ends = torch.arange(rows), torch.arange(rows, 2 * rows)
-        else:  # one label must serve the whole way
-            starts, ends = same_class_pairs(labels)
-        starts, ends = starts.to(images.device), ends.to(images.device)
-        self.walk_ends = (images[starts], images[ends], None if labels is None else labels[starts])
+        if batch_idx == 0:
+            self.batch = batch
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: VAEModule) -> None:
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: "VAEModule") -> None:
         if trainer.sanity_checking or not isinstance(trainer.logger, TensorBoardLogger):
             return
         writer, step = trainer.logger.experiment, trainer.global_step
-        x, z = self.images, self.z.to(pl_module.device)  # (N, 1, 28, 28), (num_samples, latent)
-        reconstructions = pairs_grid(x, pl_module.reconstruct(x, self.labels), self.nrow)
+        images, labels = self.batch
+        x, y = images[: self.num_images], labels[: self.num_images]
+        given = y if pl_module.hparams.conditional else None
+        reconstructions = pairs_grid(x, pl_module.reconstruct(x, given), self.nrow)
         writer.add_image("val/reconstructions", reconstructions, step)
-        if pl_module.needs_labels:
-            classes = torch.arange(pl_module.hparams.num_classes, device=pl_module.device)
-            z = z[: self.nrow].repeat(len(classes), 1)  # (classes * nrow, latent)
-            samples = pl_module.decode(z, classes.repeat_interleave(self.nrow))
-        else:
-            samples = pl_module.decode(z)
-        writer.add_image("val/samples", make_grid(samples, self.nrow), step)
-        starts, ends, labels = self.walk_ends  # (P, 1, 28, 28) twice, (P,) or None
-        if rows := len(starts):
-            both = None if labels is None else labels.repeat(2)
-            mean = pl_module.encode(torch.cat([starts, ends]), both)[0]  # (2P, latent)
-            z = interpolation_latents(mean[:rows], mean[rows:], self.nrow)  # (P * nrow, latent)
-            walk_labels = None if labels is None else labels.repeat_interleave(self.nrow)
-            walks = pl_module.decode(z, walk_labels)
-            writer.add_image("val/interpolations", make_grid(walks, self.nrow), step)
+        noise = torch.Generator().manual_seed(0)  # the same draws each epoch
+        samples = samples_grid(pl_module, self.num_samples, self.nrow, noise)
+        writer.add_image("val/samples", samples, step)
+        walks = interpolations_grid(pl_module, images, labels, self.nrow, self.nrow)
+        if walks is not None:
+            writer.add_image("val/interpolations", walks, step)
 
 
 class LossProgressBar(TQDMProgressBar):
@@ -100,9 +172,13 @@ class LossProgressBar(TQDMProgressBar):
         self.loss: Tensor | None = None
 
     def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
         batch_idx: int,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.loss = outputs["loss"]
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
@@ -113,20 +189,116 @@ class LossProgressBar(TQDMProgressBar):
         return metrics
 
 
-class InterruptCheckpoint(L.Callback):
-    """On Ctrl-C or SIGTERM, save the training state as `last.ckpt`, for `resume=true`.
+class LastCheckpoint(Checkpoint):
+    """`last.ckpt`, the state that `resume=true` continues from: written at the end of each
+    training epoch, every N training steps, and on Ctrl-C or SIGTERM.
 
-    Not Lightning's OnExceptionCheckpoint: with one among the callbacks, `fit(ckpt_path=None)`
-    silently resumes from the newest last.ckpt in the run folder, so a fresh run into an old
-    folder would continue it. And it saves on any exception, a diverged state included.
+    One callback for the one file. Lightning's ModelCheckpoint saves either every N steps or
+    each epoch, not both; and with its OnExceptionCheckpoint among the callbacks,
+    `fit(ckpt_path=None)` silently resumes from the newest last.ckpt in the folder (a fresh run
+    into an old folder would continue it), and it saves on any exception, a diverged state too.
     """
 
-    def __init__(self, dirpath: str, filename: str = "last") -> None:
-        self.ckpt_path = os.path.join(dirpath, f"{filename}.ckpt")
+    def __init__(self, dirpath: str, every_n_train_steps: int = 500) -> None:
+        if every_n_train_steps < 0:
+            raise UserError(
+                f"every_n_train_steps={every_n_train_steps} is invalid: use 0 (never) or more"
+            )
+        self.path = os.path.join(dirpath, "last.ckpt")
+        self.every_n_train_steps = every_n_train_steps
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        every = self.every_n_train_steps
+        if every and trainer.global_step % every == 0 and not trainer.fast_dev_run:
+            trainer.save_checkpoint(self.path, weights_only=False)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # After the epoch's validation, as ModelCheckpoint saves by default: a checkpoint
+        # written at validation's end would resume into an empty rest of the epoch.
+        if not trainer.fast_dev_run:
+            trainer.save_checkpoint(self.path, weights_only=False)
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
         if isinstance(exception, KeyboardInterrupt | SIGTERMException):
-            trainer.save_checkpoint(self.ckpt_path)
-            rank_zero_info(f"Interrupted: saved {self.ckpt_path}; resume=true continues from it.")
+            trainer.save_checkpoint(self.path, weights_only=False)
+            rank_zero_info(f"Interrupted: saved {self.path}; resume=true continues from it.")
+
+
+class RandomState(L.Callback):
+    """Save torch's random state in checkpoints and restore it when training resumes, so that
+    the reparameterization noise goes on as if the run had not stopped."""
+
+    def __init__(self) -> None:
+        self.resumed: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+        return {"rng": torch.get_rng_state(), "cuda_rng": cuda}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.resumed = state_dict
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Here, after the sanity check's validation steps have drawn their noise.
+        if self.resumed is not None:
+            torch.set_rng_state(self.resumed["rng"])
+            if self.resumed["cuda_rng"]:
+                torch.cuda.set_rng_state_all(self.resumed["cuda_rng"])
+        self.resumed = None
+
+
+class DivergenceStop(L.Callback):
+    """Stop with a DivergenceError once a training loss has not been finite, naming the step
+    and the last good checkpoint; a diverged state is never saved.
+
+    Each step's finiteness is tracked on the device, with no host sync per step, and read
+    every `log_every_n_steps` steps and before every checkpoint is written.
+    """
+
+    def __init__(self) -> None:
+        self.bad_step = torch.tensor(-1)  # the first step with a non-finite loss, or -1
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.bad_step = torch.tensor(-1, device=pl_module.device)
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        finite = torch.isfinite(outputs["loss"]) | (self.bad_step >= 0)
+        self.bad_step = torch.where(finite, self.bad_step, trainer.global_step - 1)
+        if trainer.global_step % trainer.log_every_n_steps == 0:
+            self.check(trainer)
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        self.check(trainer)
+
+    def check(self, trainer: L.Trainer) -> None:
+        if (step := int(self.bad_step)) < 0:
+            return
+        saved = [cb.path for cb in trainer.callbacks if isinstance(cb, LastCheckpoint)]
+        saved += (
+            [trainer.checkpoint_callback.best_model_path] if trainer.checkpoint_callback else []
+        )
+        last_good = next(
+            (path for path in saved if path and os.path.exists(path)), "none was saved"
+        )
+        raise DivergenceError(
+            f"the training loss was not finite at step {step}, so training stopped. "
+            f"The last good checkpoint: {last_good}. A smaller model.lr may help."
+        )

@@ -1,5 +1,9 @@
 """Plain-torch VAE networks: MLP and convolutional encoders and decoders, optionally
-conditioned on a vector c (a one-hot label), and the reparameterization trick."""
+conditioned on a vector c (a one-hot label), and the reparameterization trick.
+
+Each network is built from the image's shape, the latent size and the condition's size,
+which the VAE passes, and from its own settings, which its config gives.
+"""
 
 import itertools
 import math
@@ -8,27 +12,60 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from vaelab import require
 
-def mlp(sizes: Sequence[int]) -> nn.Sequential:
-    """Linear layers of the given widths, each followed by a ReLU."""
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
+
+
+def mlp(sizes: Sequence[int], activation: str = "relu") -> nn.Sequential:
+    """Linear layers of the given widths, each followed by the activation."""
     layers: list[nn.Module] = []
     for n_in, n_out in itertools.pairwise(sizes):
-        layers += [nn.Linear(n_in, n_out), nn.ReLU()]
+        layers += [nn.Linear(n_in, n_out), ACTIVATIONS[activation]()]
     return nn.Sequential(*layers)
 
 
-class Encoder(nn.Module):
+def check_mlp(hidden_sizes: Sequence[int], activation: str) -> None:
+    require(
+        len(hidden_sizes) > 0 and all(h >= 1 for h in hidden_sizes),
+        "hidden_sizes",
+        hidden_sizes,
+        "use a non-empty list of positive widths, e.g. [400]",
+    )
+    require(activation in ACTIVATIONS, "activation", activation, f"use {' or '.join(ACTIVATIONS)}")
+
+
+def check_conv(channels: Sequence[int], image_shape: Sequence[int]) -> None:
+    require(
+        len(channels) > 0 and all(c >= 1 for c in channels),
+        "channels",
+        channels,
+        "use a non-empty list of positive channel counts, e.g. [32, 64]",
+    )
+    side = image_shape[-1]
+    require(
+        side % 2 ** len(channels) == 0,
+        "channels",
+        channels,
+        f"each convolution halves the {side}x{side} image, so give at most "
+        f"{(side & -side).bit_length() - 1} channel counts, e.g. [32, 64]",
+    )
+
+
+class MLPEncoder(nn.Module):
     """q(z|x): an MLP with a mean head and a log-variance head; optionally also given c."""
 
     def __init__(
         self,
-        input_size: int,
-        hidden_sizes: Sequence[int],
+        image_shape: Sequence[int],
         latent_size: int,
         condition_size: int = 0,
+        hidden_sizes: Sequence[int] = (400,),
+        activation: str = "relu",
     ) -> None:
         super().__init__()
-        self.body = mlp([input_size + condition_size, *hidden_sizes])
+        check_mlp(hidden_sizes, activation)
+        self.body = mlp([math.prod(image_shape) + condition_size, *hidden_sizes], activation)
         self.mean = nn.Linear(hidden_sizes[-1], latent_size)
         self.logvar = nn.Linear(hidden_sizes[-1], latent_size)
 
@@ -38,19 +75,22 @@ class Encoder(nn.Module):
         return self.mean(h), self.logvar(h)
 
 
-class Decoder(nn.Module):
+class MLPDecoder(nn.Module):
     """p(x|z): an MLP from the latent (and c) to one logit per pixel."""
 
     def __init__(
         self,
+        image_shape: Sequence[int],
         latent_size: int,
-        hidden_sizes: Sequence[int],
-        output_size: int,
         condition_size: int = 0,
+        hidden_sizes: Sequence[int] = (400,),
+        activation: str = "relu",
     ) -> None:
+        """hidden_sizes: from the latent towards the image, e.g. the encoder's reversed."""
         super().__init__()
-        self.body = mlp([latent_size + condition_size, *hidden_sizes])
-        self.logits = nn.Linear(hidden_sizes[-1], output_size)
+        check_mlp(hidden_sizes, activation)
+        self.body = mlp([latent_size + condition_size, *hidden_sizes], activation)
+        self.logits = nn.Linear(hidden_sizes[-1], math.prod(image_shape))
 
     def forward(self, z: Tensor, c: Tensor | None = None) -> Tensor:
         return self.logits(self.body(with_condition(z, c)))  # (..., latent) -> (..., 784)
@@ -60,10 +100,14 @@ class ConvEncoder(nn.Module):
     """q(z|x) from strided convolutions (each halves the image), then the two heads."""
 
     def __init__(
-        self, image_shape: Sequence[int], channels: Sequence[int], latent_size: int,
+        self,
+        image_shape: Sequence[int],
+        latent_size: int,
         condition_size: int = 0,
-    ) -> None:  # fmt: skip
+        channels: Sequence[int] = (32, 64),
+    ) -> None:
         super().__init__()
+        check_conv(channels, image_shape)
         layers: list[nn.Module] = []
         for c_in, c_out in itertools.pairwise([image_shape[0], *channels]):
             layers += [nn.Conv2d(c_in, c_out, kernel_size=4, stride=2, padding=1), nn.ReLU()]
@@ -82,10 +126,15 @@ class ConvDecoder(nn.Module):
     """p(x|z): a linear layer to a small feature map, then transposed convolutions to logits."""
 
     def __init__(
-        self, latent_size: int, channels: Sequence[int], image_shape: Sequence[int],
+        self,
+        image_shape: Sequence[int],
+        latent_size: int,
         condition_size: int = 0,
-    ) -> None:  # fmt: skip
+        channels: Sequence[int] = (64, 32),
+    ) -> None:
+        """channels: from the small feature map towards the image, each doubling its side."""
         super().__init__()
+        check_conv(channels, image_shape)
         side = image_shape[-1] // 2 ** len(channels)
         self.start = (channels[0], side, side)
         self.project = nn.Sequential(

@@ -4,6 +4,8 @@ Plain torch, torchvision and matplotlib (its Figure class, not pyplot, so no bac
 for the caller); `scripts/visualize.py` and the training-time ImageLogger draw with them.
 """
 
+from typing import TYPE_CHECKING
+
 import torch
 from matplotlib.figure import Figure
 from torch import Tensor
@@ -11,6 +13,9 @@ from torch.distributions import Normal
 from torchvision.utils import make_grid
 
 from vaelab import require
+
+if TYPE_CHECKING:
+    from vaelab.module import VAEModule
 
 
 def pairs_grid(top: Tensor, bottom: Tensor, nrow: int = 8) -> Tensor:
@@ -21,6 +26,40 @@ def pairs_grid(top: Tensor, bottom: Tensor, nrow: int = 8) -> Tensor:
     # (2, N, ...) -> (2, rows, nrow, ...) -> (rows, 2, nrow, ...) -> (2N, ...)
     pairs = pairs.unflatten(1, (-1, nrow)).transpose(0, 1).flatten(0, 2)
     return make_grid(pairs, nrow)
+
+
+def samples_grid(
+    model: "VAEModule", n: int, nrow: int, generator: torch.Generator | None = None
+) -> Tensor:
+    """Decodings of draws from the model's prior: n of them in rows of nrow, or for a
+    conditional model one row per class, each row decoding the same nrow draws."""
+    if not model.hparams.conditional:
+        return make_grid(model.sample(n, generator=generator), nrow)
+    classes = torch.arange(model.hparams.num_classes, device=model.device)
+    z = model.prior.sample(nrow, generator).repeat(len(classes), 1)  # (classes * nrow, latent)
+    return make_grid(model.decode(z, classes.repeat_interleave(nrow)), nrow)
+
+
+def interpolations_grid(
+    model: "VAEModule", images: Tensor, labels: Tensor, rows: int, steps: int
+) -> Tensor | None:
+    """Rows that walk in latent space, in `steps` steps, between the codes (the means of
+    q(z|x)) of two images: image i and image i + rows for the first `rows` images, or for a
+    conditional model two images of each class, decoded with their label. None if no pair."""
+    if model.hparams.conditional:  # one label must serve the whole way
+        starts, ends = same_class_pairs(labels.cpu())
+        walk_labels = labels[starts].repeat_interleave(steps)
+    else:
+        rows = min(rows, len(images) // 2)
+        starts, ends = torch.arange(rows), torch.arange(rows, 2 * rows)
+        walk_labels = None
+    if not len(starts):
+        return None
+    pairs = torch.cat([starts, ends]).to(images.device)
+    given = labels[pairs] if model.hparams.conditional else None
+    codes = model.encode(images[pairs], given)[0]  # (2P, latent)
+    walks = interpolation_latents(codes[: len(starts)], codes[len(starts) :], steps)
+    return make_grid(model.decode(walks, walk_labels), steps)
 
 
 def interpolation_latents(start: Tensor, end: Tensor, steps: int) -> Tensor:

@@ -1,7 +1,8 @@
-"""Fit a VAE from a composed Hydra config; the root `train.py` is the command line for it."""
+"""Fit a VAE from a composed Hydra config; the root `train.py` is its command line."""
 
 import json
 import logging
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -10,29 +11,33 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
-from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.loggers import Logger
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
 from vaelab import UserError
+from vaelab.checkpoints import check_checkpoint
 from vaelab.config import check_types
-from vaelab.data import MNISTDataModule
-from vaelab.module import VAEModule, check_checkpoint
 
 
 def train(cfg: DictConfig) -> float:
     """Fit, test the best checkpoint, and return its val/loss for sweepers to minimize."""
     start = time.perf_counter()
-    cfg.seed = L.seed_everything(cfg.seed, workers=True)  # a random one if null, then logged
+    # Hydra sends log records to the console and to train.log; Lightning's own console
+    # handler would print each of its messages a second time.
+    logging.getLogger("lightning").handlers.clear()
+    # seed=null: a random seed (Lightning's own choice would be 0), logged with the hparams.
+    seed = random.SystemRandom().randrange(2**31) if cfg.seed is None else cfg.seed
+    cfg.seed = L.seed_everything(seed, workers=True)
     check_types(cfg)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.tf32
     ckpt_path = resume_from(cfg)
-    datamodule: MNISTDataModule = build(cfg.data, "data")
-    model: VAEModule = build(cfg.model, "model")
-    logger: Logger = build(cfg.logger, "logger")
+    datamodule = build(cfg.data, "data")
+    # The model is built for the data: its image shape and number of classes.
+    data_facts = {"image_shape": datamodule.image_shape, "num_classes": datamodule.num_classes}
+    model = build(cfg.model, "model", **data_facts)
+    logger = build(cfg.logger, "logger")
     callbacks = [build(node, f"callbacks.{name}") for name, node in cfg.callbacks.items()]
     trainer: L.Trainer = build(cfg.trainer, "trainer", logger=logger, callbacks=callbacks)
     if ckpt_path:
@@ -40,7 +45,7 @@ def train(cfg: DictConfig) -> float:
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     fit_metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
-    best = trainer.checkpoint_callback  # the first ModelCheckpoint: the best by val/loss
+    best = best_checkpoint(trainer)
     best_val_loss = best.best_model_score.item()
     (test_metrics,) = trainer.test(
         model, datamodule=datamodule, ckpt_path=best.best_model_path, weights_only=True
@@ -59,25 +64,12 @@ def train(cfg: DictConfig) -> float:
     return best_val_loss
 
 
-def run(cfg: DictConfig) -> float:
-    """`train` as a command-line task: a failure is recorded in metrics.json and reported.
-
-    In a sweep (`-m`) the error is raised on to the sweeper, which marks the job failed and
-    goes on (Optuna: a failed trial); a single run prints a user error without traceback.
-    """
-    start = time.perf_counter()
-    # Hydra sends log records to the console and to train.log; Lightning's own console
-    # handler would print each of its messages a second time.
-    logging.getLogger("lightning").handlers.clear()
-    try:
-        return train(cfg)
-    except SIGTERMException:  # Lightning stopped after a batch; last.ckpt holds the state
-        raise SystemExit(128 + 15) from None  # the usual status of a process ended by SIGTERM
-    except Exception as err:
-        write_summary(cfg, "failed", start, reason=f"{type(err).__name__}: {err}")
-        if isinstance(err, UserError) and HydraConfig.get().mode != RunMode.MULTIRUN:
-            raise SystemExit(f"Error: {err}") from None  # a setup mistake, not a bug
-        raise
+def best_checkpoint(trainer: L.Trainer) -> ModelCheckpoint:
+    """The ModelCheckpoint that keeps the best checkpoint by val/loss."""
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, ModelCheckpoint) and callback.monitor == "val/loss":
+            return callback
+    raise UserError("callbacks: no ModelCheckpoint monitors val/loss; keep best_checkpoint")
 
 
 def write_summary(cfg: DictConfig, status: str, start: float, **fields: Any) -> None:
