@@ -7,7 +7,11 @@ in outputs/, which `tensorboard --logdir outputs` shows.
 import time
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+# A sweep job's folder is named after its overrides; a group's, such as model/prior=vamp,
+# holds a "/" that would nest the folder one level deeper.
+OmegaConf.register_new_resolver("folder_name", lambda overrides: overrides.replace("/", "."))
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")

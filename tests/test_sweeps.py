@@ -31,11 +31,16 @@ def test_joblib_runs_two_jobs_in_parallel(tiny_mnist: Path, tmp_path: Path) -> N
         f"hydra.sweep.dir={tmp_path}",
         f"data.data_dir={tiny_mnist}",
         *TINY_RUN,
-        "model.latent_size=2,3",
+        "model/prior=standard,mog",
     )
     assert result.returncode == 0, result.stderr
     assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr
     assert [status(job) for job in jobs(tmp_path)] == ["completed", "completed"]
+    # a group's override names its job's folder without nesting it: model/prior -> model.prior
+    names = [job.name for job in jobs(tmp_path)]  # the folders right below the sweep's
+    assert (
+        len(names) == 2 and "+model.prior-standard+" in names[0] and "+model.prior-mog+" in names[1]
+    )
 
 
 def test_optuna_search_records_trials_and_the_best(tiny_mnist: Path, tmp_path: Path) -> None:

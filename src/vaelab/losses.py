@@ -2,12 +2,21 @@
 
 import math
 from collections.abc import Iterable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 LOG_2PI = math.log(2 * math.pi)
+
+
+class Terms(NamedTuple):
+    """Per example (B,): -log p(x|z), KL(q(z|x) || p(z)), and the objective minimized."""
+
+    recon: Tensor
+    kl: Tensor
+    objective: Tensor
 
 
 def gaussian_kl(mean: Tensor, logvar: Tensor) -> Tensor:

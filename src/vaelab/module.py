@@ -1,7 +1,7 @@
 """The LightningModule: a VAE assembled from its parts, and the objective it minimizes."""
 
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -9,32 +9,22 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vaelab import UserError, require
-from vaelab.losses import gaussian_log_prob, iw_log_likelihood, kl_weight, log_importance_weights
+from vaelab.losses import (
+    Terms,
+    gaussian_log_prob,
+    iw_log_likelihood,
+    kl_weight,
+    log_importance_weights,
+)
 from vaelab.networks import reparameterize
 from vaelab.parts import build_part
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
-MLP_ENCODER = {
-    "_target_": "vaelab.networks.MLPEncoder",
-    "hidden_sizes": [400],
-    "activation": "relu",
-}
-MLP_DECODER = {
-    "_target_": "vaelab.networks.MLPDecoder",
-    "hidden_sizes": [400],
-    "activation": "relu",
-}
+MLP_ENCODER = {"_target_": "vaelab.networks.MLPEncoder"}  # the parts' defaults: 400 units, ReLU
+MLP_DECODER = {"_target_": "vaelab.networks.MLPDecoder"}
 STANDARD_PRIOR = {"_target_": "vaelab.priors.StandardNormal"}
 BERNOULLI = {"_target_": "vaelab.likelihoods.Bernoulli"}
 Stage = Literal["train", "val", "test"]
-
-
-class Terms(NamedTuple):
-    """Per example (B,): -log p(x|z), KL(q(z|x) || p(z)), and the objective minimized."""
-
-    recon: Tensor
-    kl: Tensor
-    objective: Tensor
 
 
 class VAEModule(L.LightningModule):
@@ -104,12 +94,8 @@ class VAEModule(L.LightningModule):
         return self._step(batch, "test")
 
     def _step(self, batch: tuple[Tensor, Tensor], stage: Stage) -> dict[str, Tensor]:
-        """The mean objective to minimize, and the batch's summed terms, which the callback
-        `vaelab.callbacks.EpochMetrics` logs as the epoch's means.
-
-        Training optimizes the configured objective (beta, warm-up, IWAE); validation and test
-        the negative ELBO, so val/loss compares across variants.
-        """
+        """The mean objective (in training the configured one, else the negative ELBO, so that
+        val/loss compares across variants) and the batch's sums, which `EpochMetrics` logs."""
         x, labels = batch
         labels = labels if self.hparams.conditional else None
         if stage == "train":
@@ -135,12 +121,17 @@ class VAEModule(L.LightningModule):
             recon, kl = self.likelihood.nll(self.decoder(z, c), x), self.prior.kl(mean, logvar, z)
             return Terms(recon, kl, recon + weight * kl)
         z = reparameterize(mean.expand(iw_samples, *mean.shape), logvar.expand(iw_samples, -1, -1))
-        log_px_z = -self.likelihood.nll(self.decoder(z, c), x)  # (K, B, latent) -> (K, B)
-        log_w = log_importance_weights(
-            log_px_z, self.prior.log_prob(z), gaussian_log_prob(z, mean, logvar), weight
-        )  # (K, B)
+        log_px_z, log_w = self._log_weights(x, c, z, mean, logvar, weight)  # (K, B) each
         recon, kl = -log_px_z.mean(0), self.prior.kl(mean, logvar, z)
         return Terms(recon, kl, -iw_log_likelihood(log_w))
+
+    def _log_weights(
+        self, x: Tensor, c: Tensor | None, z: Tensor, mean: Tensor, logvar: Tensor, weight: float
+    ) -> tuple[Tensor, Tensor]:
+        """log p(x|z) and the log importance weights of K draws z (K, B, latent): 2 x (K, B)."""
+        log_px_z = -self.likelihood.nll(self.decoder(z, c), x)
+        log_qz = gaussian_log_prob(z, mean, logvar)
+        return log_px_z, log_importance_weights(log_px_z, self.prior.log_prob(z), log_qz, weight)
 
     def current_kl_weight(self) -> float:
         """The KL weight of the current training step: beta, after the warm-up's linear rise."""
@@ -190,12 +181,11 @@ class VAEModule(L.LightningModule):
         def log_weights() -> Iterator[Tensor]:
             for start in range(0, iw_samples, chunk_size):
                 n = min(chunk_size, iw_samples - start)
-                noise = [
-                    torch.randn(mean.shape, generator=generator, device=device) for _ in range(n)
-                ]
-                z = mean + torch.exp(0.5 * logvar) * torch.stack(noise).to(mean)  # (n, B, latent)
-                log_px_z = -self.likelihood.nll(self.decoder(z, c), x)  # (n, B)
-                yield log_px_z + self.prior.log_prob(z) - gaussian_log_prob(z, mean, logvar)
+                noise = torch.stack(
+                    [torch.randn(mean.shape, generator=generator, device=device) for _ in range(n)]
+                )  # (n, B, latent)
+                z = mean + torch.exp(0.5 * logvar) * noise.to(mean)
+                yield self._log_weights(x, c, z, mean, logvar, 1.0)[1]  # (n, B)
 
         return iw_log_likelihood(log_weights())
 

@@ -1,0 +1,218 @@
+"""The parts: every combination builds, trains and reloads; bad parts are named; a prior of
+one's own, as the README shows it, trains and evaluates."""
+
+import itertools
+import json
+import math
+import re
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from PIL import Image
+
+from vaelab import UserError
+from vaelab.callbacks import EpochMetrics
+from vaelab.data import MNISTDataModule
+from vaelab.module import VAEModule
+from vaelab.train import train
+
+from .conftest import ROOT, TINY_RUN, run_script, run_train
+from .test_config import compose_train
+
+NETWORKS = {
+    "mlp": {"hidden_sizes": [16], "activation": "tanh"},
+    "conv": {"channels": [4]},
+}
+PRIORS = {
+    "standard": {"_target_": "vaelab.priors.StandardNormal"},
+    "mog": {"_target_": "vaelab.priors.GaussianMixture", "num_components": 3},
+    "vamp": {"_target_": "vaelab.priors.VampPrior", "num_components": 3},
+}
+LIKELIHOODS = {
+    "bernoulli": {"_target_": "vaelab.likelihoods.Bernoulli"},
+    "continuous_bernoulli": {"_target_": "vaelab.likelihoods.ContinuousBernoulli"},
+}
+
+
+def network(kind: str, side: str) -> dict:
+    name = {"mlp": "MLP", "conv": "Conv"}[kind] + side
+    return {"_target_": f"vaelab.networks.{name}", **NETWORKS[kind]}
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tiny_mnist: Path) -> MNISTDataModule:
+    return MNISTDataModule(str(tiny_mnist), batch_size=32, val_size=64)
+
+
+COMBINATIONS = list(itertools.product(NETWORKS, NETWORKS, PRIORS, LIKELIHOODS, (False, True)))
+
+
+@pytest.mark.parametrize("encoder,decoder,prior,likelihood,conditional", COMBINATIONS)
+def test_every_combination_trains_a_step_and_loads_from_its_checkpoint(
+    encoder: str,
+    decoder: str,
+    prior: str,
+    likelihood: str,
+    conditional: bool,
+    tiny_data: MNISTDataModule,
+    tmp_path: Path,
+) -> None:
+    torch.manual_seed(0)
+    model = VAEModule(
+        latent_size=3,
+        encoder=network(encoder, "Encoder"),
+        decoder=network(decoder, "Decoder"),
+        prior=PRIORS[prior],
+        likelihood=LIKELIHOODS[likelihood],
+        conditional=conditional,
+        image_shape=tiny_data.image_shape,
+        num_classes=tiny_data.num_classes,
+    )
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    trainer = L.Trainer(
+        max_steps=1,
+        limit_val_batches=0,
+        callbacks=[EpochMetrics()],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, datamodule=tiny_data)
+    assert trainer.global_step == 1
+    changed = [name for name, p in model.named_parameters() if not torch.equal(p, before[name])]
+    assert changed == list(before)  # the step reached every part's parameters
+    path = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(path)
+    checkpoint = torch.load(path, weights_only=True)  # plain values only: no pickled parts
+    assert checkpoint["hyper_parameters"]["prior"] == PRIORS[prior]
+    loaded = VAEModule.load_from_checkpoint(path).eval()
+    x, labels = tiny_data.val_images[:5], tiny_data.val_labels[:5]
+    given = labels if conditional else None
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode(x, given), model.eval().encode(x, given))
+        generator = torch.Generator().manual_seed(0)
+        torch.testing.assert_close(
+            loaded.log_likelihood(x, 4, generator=generator, labels=given),
+            model.log_likelihood(x, 4, generator=generator.manual_seed(0), labels=given),
+        )
+    assert type(loaded.prior) is type(model.prior)
+    assert type(loaded.likelihood) is type(model.likelihood)
+
+
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        ({"hidden_sizes": [8]}, "encoder={'hidden_sizes': \\[8\\]} has no _target_"),
+        ({"_target_": "vaelab.networks.Nope"}, "encoder._target_='vaelab.networks.Nope' cannot"),
+        ({"_target_": "nowhere.Encoder"}, "encoder._target_='nowhere.Encoder' cannot be imported"),
+        (
+            {"_target_": "vaelab.networks.MLPEncoder", "widths": [8]},
+            "encoder.widths is not a setting of MLPEncoder: use hidden_sizes, activation",
+        ),
+        (
+            {"_target_": "vaelab.networks.MLPEncoder", "latent_size": 8},
+            "encoder.latent_size is set by the VAE itself: set model.latent_size",
+        ),
+        (
+            {"_target_": "vaelab.networks.MLPEncoder", "activation": "gelu"},
+            "encoder.activation='gelu' is invalid: use relu or tanh",
+        ),
+    ],
+)
+def test_a_bad_part_is_named(spec: dict, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        VAEModule(encoder=spec)
+
+
+def test_the_activation_is_the_one_chosen() -> None:
+    model = VAEModule(
+        encoder={"_target_": "vaelab.networks.MLPEncoder", "activation": "tanh"},
+        decoder={"_target_": "vaelab.networks.MLPDecoder", "hidden_sizes": [30, 40]},
+    )
+    assert [type(m).__name__ for m in model.encoder.body] == ["Linear", "Tanh"]
+    assert [type(m).__name__ for m in model.decoder.body] == ["Linear", "ReLU"] * 2
+    assert model.decoder.logits.in_features == 40 and model.encoder.mean.in_features == 400
+
+
+def test_a_conditional_model_needs_labelled_data(tiny_pt: Path, tmp_path: Path) -> None:
+    overrides = ["data=tensors", f"data.path={tiny_pt}", "data.val_size=20", "data.test_size=20"]
+    with pytest.raises(UserError, match="model.conditional=True is invalid: the data has no"):
+        train(compose_train([*overrides, "model=cvae"], tmp_path))
+
+
+def readme_blocks(section: str) -> list[str]:
+    """The fenced code blocks of one README section, in order."""
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index(f"### {section}\n") + 1
+    end = start + re.search(r"\n##+ ", readme[start:]).start()  # the next heading
+    return re.findall(r"```\w*\n(.*?)```", readme[start:end], flags=re.S)
+
+
+def test_a_prior_of_ones_own_as_the_readme_shows(tiny_mnist: Path, tmp_path: Path) -> None:
+    """The class and the YAML file of the README's "Add your own prior", outside the package
+    and its conf/, reached through PYTHONPATH and hydra.searchpath: it trains and evaluates."""
+    code, config, _ = readme_blocks("Add your own prior")
+    module = re.search(r"# (\w+\.py)", code).group(1)
+    (tmp_path / module).write_text(code)
+    config_path = tmp_path / re.search(r"# (conf/\S+\.yaml)", config).group(1)
+    config_path.parent.mkdir(parents=True)
+    config_path.write_text(config)
+    option = config_path.stem
+    env = {"PYTHONPATH": str(tmp_path)}
+    run_dir = tmp_path / "run"
+    result = run_train(
+        f"data.data_dir={tiny_mnist}",
+        *TINY_RUN,
+        f"model/prior={option}",
+        f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
+        f"hydra.run.dir={run_dir}",
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_script(
+        "evaluate", f"run_dir={run_dir}", f"data_dir={tiny_mnist}", "iw_samples=5", env=env
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    evaluation = json.loads((run_dir / "metrics.json").read_text())["evaluation"]
+    class_name = re.search(r"class (\w+)\(Prior\)", code).group(1)
+    assert evaluation["prior"] == class_name
+    assert 0 < evaluation["metrics"]["test/nll_iw"] < 784 * 0.7
+
+
+def test_own_colour_images_train_evaluate_and_draw(tiny_pt: Path, tmp_path: Path) -> None:
+    """data=tensors with 16 x 16 RGB images and no labels, through a convolutional VAE with
+    the VampPrior: nothing assumes 28 x 28 grey digits or ten classes."""
+    run_dir = tmp_path / "run"
+    result = run_train(
+        "data=tensors",
+        f"data.path={tiny_pt}",
+        "data.val_size=40",
+        "data.test_size=40",
+        "data.batch_size=32",
+        "model=conv_vae",
+        "model.encoder.channels=[8,16]",
+        "model.decoder.channels=[16,8]",
+        "model/prior=vamp",
+        "model.prior.num_components=5",
+        "model.latent_size=3",
+        "trainer.max_epochs=2",
+        "callbacks.progress_bar.refresh_rate=0",
+        f"hydra.run.dir={run_dir}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for script, args in (("evaluate", ["iw_samples=5"]), ("visualize", [])):
+        result = run_script(script, f"run_dir={run_dir}", *args)
+        assert result.returncode == 0, result.stderr[-3000:]
+    evaluation = json.loads((run_dir / "metrics.json").read_text())["evaluation"]
+    assert evaluation["test_images"] == 40 and evaluation["prior"] == "VampPrior"
+    pixels = 3 * 16 * 16
+    nll = evaluation["metrics"]["test/nll_iw"]
+    assert evaluation["metrics"]["test/nll_iw_bpd"] == pytest.approx(nll / (pixels * math.log(2)))
+    cell = 16 + 2  # make_grid pads by 2 pixels
+    with Image.open(run_dir / "figures" / "samples.png") as samples:
+        assert samples.size == (8 * cell + 2, 8 * cell + 2) and samples.mode == "RGB"
+    model = VAEModule.load_from_checkpoint(next((run_dir / "checkpoints").glob("epoch*.ckpt")))
+    assert model.hparams.image_shape == [3, 16, 16] and model.hparams.num_classes == 0
