@@ -33,16 +33,18 @@ def main(cfg: DictConfig) -> dict[str, float]:
     from torch.utils.tensorboard import SummaryWriter
 
     from vaelab.callbacks import EpochMetrics
-    from vaelab.checkpoints import find_checkpoint, load_checkpoint, load_datamodule
+    from vaelab.checkpoints import find_checkpoint, load_checkpoint, load_datamodule, where_data
+    from vaelab.console import quiet
 
     checkpoint_path, run_dir = find_checkpoint(cfg.ckpt_path, cfg.run_dir)
     gpu = torch.cuda.is_available()
     require(gpu or cfg.device != "cuda", "device", cfg.device, "no GPU is visible; use auto or cpu")
     model, checkpoint = load_checkpoint(checkpoint_path)
-    data = load_datamodule(checkpoint, data_dir=cfg.data_dir, eval_batch_size=cfg.batch_size)
+    data = load_datamodule(checkpoint, where_data(cfg), eval_batch_size=cfg.batch_size)
 
     # The ELBO's terms, as in training: the module's test step, through a Trainer.
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no device report
+    quiet()
     trainer = L.Trainer(
         accelerator=DEVICES[cfg.device],
         devices=1,

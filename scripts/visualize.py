@@ -34,7 +34,7 @@ def main(cfg: DictConfig) -> None:
     from torch.utils.tensorboard import SummaryWriter
     from torchvision.utils import make_grid, save_image
 
-    from vaelab.checkpoints import find_checkpoint, load_checkpoint, load_datamodule
+    from vaelab.checkpoints import find_checkpoint, load_checkpoint, load_datamodule, where_data
     from vaelab.pictures import (
         interpolations_grid,
         latent_scatter,
@@ -47,7 +47,8 @@ def main(cfg: DictConfig) -> None:
     checkpoint_path, run_dir = find_checkpoint(cfg.ckpt_path, cfg.run_dir)
     model, checkpoint = load_checkpoint(checkpoint_path)
     model.eval()
-    data = load_datamodule(checkpoint, data_dir=cfg.data_dir)
+    data = load_datamodule(checkpoint, where_data(cfg))
+    data.prepare_data()  # as in training: downloaded if missing, else the same message
     data.setup("test")
     images, labels = data.test_images, data.test_labels  # (N, C, H, W), (N,)
     conditional = model.hparams.conditional

@@ -99,32 +99,33 @@ def tiny_pt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_arrays(tmp_path_factory.mktemp("tensors") / "colours.pt", images=images)
 
 
+# Downloads fail at once: no proxy answers there.
+OFFLINE = {"HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
+
+
 def run_train(
     *args: str, cwd: Path = ROOT, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
-    """Run `python train.py ARGS` as a user would, with downloads made to fail at once."""
-    offline = {"HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
-    return subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env={**os.environ, **offline, **(env or {})},
-        timeout=300,
-    )
+    """Run `python train.py ARGS` as a user would, offline."""
+    return run_python(ROOT / "train.py", *args, cwd=cwd, env=env)
 
 
 def run_script(
     name: str, *args: str, cwd: Path = ROOT, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
-    """Run `python scripts/NAME.py ARGS` as a user would."""
-    command = [sys.executable, str(ROOT / "scripts" / f"{name}.py"), *args]
+    """Run `python scripts/NAME.py ARGS` as a user would, offline."""
+    return run_python(ROOT / "scripts" / f"{name}.py", *args, cwd=cwd, env=env)
+
+
+def run_python(
+    script: Path, *args: str, cwd: Path, env: dict[str, str] | None
+) -> subprocess.CompletedProcess:
     return subprocess.run(
-        command,
+        [sys.executable, str(script), *args],
         cwd=cwd,
         capture_output=True,
         text=True,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, **OFFLINE, **(env or {})},
         timeout=300,
     )
 

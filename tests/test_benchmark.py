@@ -5,7 +5,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from .conftest import ROOT
+
+pytestmark = pytest.mark.slow  # every test runs scripts/benchmark.py
 
 
 def test_quick_benchmark_writes_its_tables(tiny_mnist: Path, tmp_path: Path) -> None:

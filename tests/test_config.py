@@ -19,6 +19,7 @@ from .conftest import ROOT
 CONF = ROOT / "conf"
 GROUPS = ["callbacks", "data", "hardware", "logger", "model", "trainer"]  # each builds objects
 PARTS = ["model/encoder", "model/decoder", "model/prior", "model/likelihood"]  # model builds them
+TRAINING = ["model/optimizer", "model/scheduler"]  # configure_optimizers builds them
 
 
 def options(group: str) -> list[str]:
@@ -47,11 +48,11 @@ EXPERIMENTS = {
 
 def test_the_groups_are_the_documented_ones() -> None:
     folders = sorted(p.name for p in CONF.iterdir() if p.is_dir())
-    assert folders == sorted([*GROUPS, "experiment", "hparams_search", "hydra"])
+    assert folders == sorted([*GROUPS, "debug", "experiment", "hparams_search", "hydra"])
     assert options("hardware") == ["auto", "cpu", "gpu", "multi_gpu", "multi_node"]
     assert options("experiment") == sorted(EXPERIMENTS)
     assert sorted(p.name for p in (CONF / "model").iterdir() if p.is_dir()) == sorted(
-        part.split("/")[1] for part in PARTS
+        part.split("/")[1] for part in PARTS + TRAINING
     )
     assert options("model/prior") == ["mog", "standard", "vamp"]
     assert options("data") == ["fashion_mnist", "kmnist", "mnist", "tensors"]
@@ -157,6 +158,26 @@ def test_every_part_builds_into_the_model(part: str, option: str, tmp_path: Path
     built = getattr(model, part.split("/")[1])
     assert f"{type(built).__module__}.{type(built).__name__}" == node._target_
     assert model.hparams[part.split("/")[1]] == OmegaConf.to_container(node)  # plain values
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in TRAINING for o in options(g)])
+def test_every_optimizer_and_scheduler_builds(group: str, option: str, tmp_path: Path) -> None:
+    cfg = compose_train([f"{group}={option}", "model.lr=0.01"], tmp_path)
+    check_types(cfg)
+    configured = instantiate(cfg.model, _convert_="all").configure_optimizers()
+    if option == "none":
+        assert isinstance(configured, torch.optim.Adam)  # no scheduler
+        return
+    optimizer = configured if group == "model/optimizer" else configured["optimizer"]
+    assert optimizer.param_groups[0]["lr"] == 0.01
+    built = optimizer if group == "model/optimizer" else configured["lr_scheduler"]["scheduler"]
+    node = cfg.model[group.split("/")[1]]
+    assert f"{type(built).__module__}.{type(built).__name__}".endswith(
+        node._target_.rsplit(".", 1)[1]
+    )
+    for key, value in node.items():  # the file's settings reach the object
+        if key != "_target_" and group == "model/optimizer":
+            assert optimizer.defaults[key] == (tuple(value) if key == "betas" else value)
 
 
 def test_the_latent_size_is_one_key_that_every_part_reads(tmp_path: Path) -> None:

@@ -86,15 +86,30 @@ def test_the_kl_weight_scales_only_the_kl_of_the_objective() -> None:
 
 
 def test_unknown_optimizer_is_named_in_the_error() -> None:
-    with pytest.raises(UserError, match="optimizer='adamm' is invalid: use adam or adamw or sgd"):
-        VAEModule(optimizer="adamm")
+    with pytest.raises(
+        UserError, match="optimizer._target_='torch.optim.Adamm' cannot be imported"
+    ):
+        VAEModule(optimizer={"_target_": "torch.optim.Adamm"})
+    with pytest.raises(UserError, match="optimizer.lr is set by the VAE itself: set model.lr"):
+        VAEModule(optimizer={"_target_": "torch.optim.Adam", "lr": 0.1})
 
 
-@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
-def test_each_optimizer_updates_all_parameters(name: str) -> None:
-    model = mlp_vae(hidden_sizes=[8], latent_size=2, optimizer=name, lr=0.01)
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"_target_": "torch.optim.Adam", "betas": [0.5, 0.9], "weight_decay": 0.0},
+        {"_target_": "torch.optim.AdamW", "eps": 1e-6, "weight_decay": 0.01},
+        {"_target_": "torch.optim.SGD", "momentum": 0.9, "weight_decay": 0.0},
+    ],
+)
+def test_each_optimizer_updates_all_parameters(spec: dict) -> None:
+    model = mlp_vae(hidden_sizes=[8], latent_size=2, optimizer=spec, lr=0.01)
     optimizer = model.configure_optimizers()
-    assert type(optimizer).__name__.lower() == name and optimizer.defaults["lr"] == 0.01
+    assert f"torch.optim.{type(optimizer).__name__}" == spec["_target_"]
+    assert optimizer.defaults["lr"] == 0.01  # model.lr
+    for key, value in spec.items():  # the config's settings reach the optimizer
+        if key != "_target_":
+            assert optimizer.defaults[key] == (tuple(value) if key == "betas" else value)
     assert sum(len(group["params"]) for group in optimizer.param_groups) == 10  # 5 layers
     before = [p.detach().clone() for p in model.parameters()]
     model.loss_terms(torch.rand(4, 1, 28, 28)).recon.sum().backward()
@@ -102,6 +117,37 @@ def test_each_optimizer_updates_all_parameters(name: str) -> None:
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
+@pytest.mark.parametrize(
+    "spec,lrs",
+    [
+        (None, [0.01, 0.01, 0.01]),
+        (
+            {"_target_": "torch.optim.lr_scheduler.StepLR", "step_size": 2, "gamma": 0.5},
+            [0.01, 0.01, 0.005],
+        ),
+        (
+            {"_target_": "torch.optim.lr_scheduler.ExponentialLR", "gamma": 0.9},
+            [0.01, 0.009, 0.0081],
+        ),
+    ],
+)
+def test_the_scheduler_sets_each_epochs_learning_rate(spec: dict | None, lrs: list[float]) -> None:
+    model = mlp_vae(hidden_sizes=[8], latent_size=2, lr=0.01, scheduler=spec)
+    configured = model.configure_optimizers()
+    if spec is None:
+        assert isinstance(configured, torch.optim.Adam)
+        return
+    optimizer, scheduler = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
+    assert configured["lr_scheduler"]["monitor"] == "val/loss"  # for one that watches it
+    seen = []
+    for _ in lrs:
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert seen == pytest.approx(lrs)
+
+
+@pytest.mark.slow
 def test_compiled_model_matches_and_keeps_checkpoint_keys() -> None:
     """torch.compile on the CPU is slow to start (about 20 s), but the path must work."""
     torch.manual_seed(0)

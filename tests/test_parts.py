@@ -151,6 +151,7 @@ def readme_blocks(section: str) -> list[str]:
     return re.findall(r"```\w*\n(.*?)```", readme[start:end], flags=re.S)
 
 
+@pytest.mark.slow
 def test_a_prior_of_ones_own_as_the_readme_shows(tiny_mnist: Path, tmp_path: Path) -> None:
     """The class and the YAML file of the README's "Add your own prior", outside the package
     and its conf/, reached through PYTHONPATH and hydra.searchpath: it trains and evaluates."""
@@ -182,6 +183,7 @@ def test_a_prior_of_ones_own_as_the_readme_shows(tiny_mnist: Path, tmp_path: Pat
     assert 0 < evaluation["metrics"]["test/nll_iw"] < 784 * 0.7
 
 
+@pytest.mark.slow
 def test_own_colour_images_train_evaluate_and_draw(tiny_pt: Path, tmp_path: Path) -> None:
     """data=tensors with 16 x 16 RGB images and no labels, through a convolutional VAE with
     the VampPrior: nothing assumes 28 x 28 grey digits or ten classes."""

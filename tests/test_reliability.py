@@ -14,16 +14,17 @@ from vaelab.checkpoints import check_checkpoint, load_checkpoint
 from vaelab.data import MNISTDataModule
 from vaelab.train import train
 
-from .conftest import TINY_RUN, run_train, write_idx
+from .conftest import TINY_RUN, read_events, run_train, write_idx
 from .helpers import mlp_vae
 from .test_config import compose_train
 
-# Three short epochs of 8 steps, with last.ckpt also written every 4 steps.
+# Three short epochs of 8 steps, with last.ckpt also written every 4 steps, and a scheduler.
 RESUMABLE = [
     *TINY_RUN,
     "trainer.max_epochs=3",
     "trainer.deterministic=true",
     "callbacks.last_checkpoint.every_n_train_steps=4",
+    "model/scheduler=exponential",  # its state is resumed too
 ]
 
 
@@ -56,7 +57,7 @@ def final_metrics(run_dir: Path) -> dict[str, float]:
         ("model.lr=0", "model.lr=0 is invalid: use a learning rate > 0"),
         ("model.lr=-1e-3", "model.lr=-0.001 is invalid"),
         ("model.beta=-1", "model.beta=-1 is invalid: use a weight >= 0"),
-        ("model.optimizer=adamm", "model.optimizer='adamm' is invalid: use adam or adamw or sgd"),
+        ("model.optimizer.weight_decay=-1", "model.optimizer: Invalid weight_decay value: -1"),
         ("model=conv_vae", "model.encoder.channels=[32, 64, 128] is invalid: each convolution"),
         ("model.iw_samples=0", "model.iw_samples=0 is invalid: use 1 \\(the VAE\\) or more"),
         ("model.kl_warmup_epochs=-1", "model.kl_warmup_epochs=-1 is invalid"),
@@ -87,12 +88,15 @@ def test_a_validation_split_too_large_for_the_files(tiny_mnist: Path, tmp_path: 
         train(compose_train([f"data.data_dir={tiny_mnist}", "trainer.max_epochs=1"], tmp_path))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "override,message",
     [
         ("model.latent_size=0", "model.latent_size=0 is invalid"),
         ("hardware=tpu", "Could not find 'hardware/tpu'"),
         ("model=nope", "Could not find 'model/nope'"),
+        ("model/optimizer=adamm", "Could not find 'model/optimizer/adamm'"),
+        ("model/scheduler=linear", "Could not find 'model/scheduler/linear'"),
         ("model/likelihood=gaussian", "Could not find 'model/likelihood/gaussian'"),
         ("model/encoder=rnn", "Could not find 'model/encoder/rnn'"),
     ],
@@ -177,6 +181,7 @@ def uninterrupted(tiny_mnist: Path, tmp_path_factory: pytest.TempPathFactory) ->
     return run_dir
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics_even_in_an_old_run_folder(
     uninterrupted: Path, tiny_mnist: Path, tmp_path: Path
 ) -> None:
@@ -189,6 +194,13 @@ def test_same_seed_same_metrics_even_in_an_old_run_folder(
     assert final_metrics(tmp_path)["train/loss"] > 0 and final_metrics(tmp_path)["test/loss"] > 0
 
 
+@pytest.mark.slow
+def test_the_scheduler_sets_and_logs_each_epochs_learning_rate(uninterrupted: Path) -> None:
+    logged = [event.value for event in read_events(uninterrupted).Scalars("lr-Adam")]
+    assert logged == pytest.approx([1e-3, 9e-4, 8.1e-4])  # model.lr, times 0.9 each epoch
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGTERM", "SIGINT"])
 def test_a_killed_run_resumes_exactly(
     signal_name: str, uninterrupted: Path, tiny_mnist: Path, tmp_path: Path
@@ -211,6 +223,7 @@ def test_a_killed_run_resumes_exactly(
     assert final_metrics(tmp_path) == final_metrics(uninterrupted)
 
 
+@pytest.mark.slow
 def test_divergence_stops_with_the_step_and_keeps_the_good_checkpoint(
     tiny_mnist: Path, tmp_path: Path
 ) -> None:
@@ -264,6 +277,7 @@ def test_a_pickle_of_other_objects_is_refused(tmp_path: Path) -> None:
     assert "InMemoryBatches" in str(error.value) and "weights_only" not in str(error.value)
 
 
+@pytest.mark.slow
 def test_a_truncated_checkpoint(checkpoint: Path, tmp_path: Path) -> None:
     path = tmp_path / "half.ckpt"
     path.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
@@ -271,6 +285,7 @@ def test_a_truncated_checkpoint(checkpoint: Path, tmp_path: Path) -> None:
         load_checkpoint(path)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_another_shape(checkpoint: Path) -> None:
     with pytest.raises(
         UserError, match=r"model.latent_size=4 there, 5 here.*settings it was trained with"
@@ -279,6 +294,7 @@ def test_a_checkpoint_of_another_shape(checkpoint: Path) -> None:
     check_checkpoint(checkpoint, mlp_vae([32], latent_size=4, lr=0.1))  # shapes agree
 
 
+@pytest.mark.slow
 def test_resuming_from_a_bad_checkpoint_is_one_message(tiny_mnist: Path, tmp_path: Path) -> None:
     (tmp_path / "bad.ckpt").write_text("garbage")
     result = run_train(

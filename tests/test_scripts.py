@@ -7,7 +7,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from vaelab.datasets import IDX_FILES
+
 from .conftest import TINY_RUN, TINY_TEST, read_events, run_script, run_train
+
+pytestmark = pytest.mark.slow  # every test runs train.py or a script
 
 METRICS = {"test/loss", "test/recon", "test/kl", "test/nll_iw", "test/nll_iw_bpd"}
 
@@ -31,11 +35,12 @@ def run_dir(tiny_mnist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def evaluations(run_dir: Path, tiny_mnist: Path) -> list[tuple[dict, str]]:
     """metrics.json and the printed table after evaluating the best checkpoint twice, named
-    once by its run folder and once by its path."""
+    once by its run folder and once by its path, and its data folder by both its names."""
     (best,) = (run_dir / "checkpoints").glob("epoch*.ckpt")
     results = []
-    for name in (f"run_dir={run_dir}", f"ckpt_path={best}"):
-        result = run_script("evaluate", name, f"data_dir={tiny_mnist}", "iw_samples=20")
+    # data.data_dir, as training names it, and data_dir, its old name, still accepted
+    for name, data in ((f"run_dir={run_dir}", "data.data_dir"), (f"ckpt_path={best}", "data_dir")):
+        result = run_script("evaluate", name, f"{data}={tiny_mnist}", "iw_samples=20")
         assert result.returncode == 0, result.stderr
         results.append((json.loads((run_dir / "metrics.json").read_text()), result.stdout))
     return results
@@ -115,3 +120,16 @@ def test_mistakes_are_one_clear_message(
     assert result.returncode != 0
     assert message in result.stderr and "Traceback" not in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "notes.ckpt"]
+
+
+@pytest.mark.parametrize("script", ["evaluate", "visualize"])
+def test_missing_data_is_the_message_training_gives(
+    script: str, run_dir: Path, tmp_path: Path
+) -> None:
+    nowhere = tmp_path / "nothing"
+    result = run_script(script, f"run_dir={run_dir}", f"data.data_dir={nowhere}")
+    trained = run_train(f"data.data_dir={nowhere}", cwd=tmp_path)
+    message = f"MNIST was not found in {nowhere / 'MNIST' / 'raw'} (download failed: "
+    for output in (result.stderr, trained.stderr):
+        assert message in output and "data.data_dir=" in output and "Traceback" not in output
+        assert all(name in output for name in IDX_FILES)

@@ -14,6 +14,8 @@ from vaelab.data import MNISTDataModule
 
 from .conftest import ROOT, TINY_RUN, run_train
 
+pytestmark = pytest.mark.slow  # every test runs train.py -m
+
 
 def jobs(sweep_dir: Path) -> list[Path]:
     return sorted(p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir())

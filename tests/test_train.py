@@ -14,6 +14,8 @@ from vaelab.train import train
 from .conftest import TINY_RUN, read_events, run_train
 from .test_config import compose_train
 
+pytestmark = pytest.mark.slow  # runs of train.py, and a fit of two epochs
+
 STEPS_PER_EPOCH = 8  # 256 training images in batches of 32
 METRICS = {f"{stage}/{q}" for stage in ("train", "val", "test") for q in ("loss", "recon", "kl")}
 
@@ -43,6 +45,12 @@ def test_the_console_shows_each_message_once(
     assert console.count("Seed set to 0") == 1 and console.count("max_epochs=2` reached") == 1
     assert "Seed set to 0" in (run_dir / "train.log").read_text()
     assert "multiple `ModelCheckpoint`" not in console  # the test names the best checkpoint
+    # the composed config, once, as a tree with its values resolved; no adverts or
+    # third-party deprecation notices
+    assert console.count("_target_: vaelab.module.VAEModule") == 1
+    assert "├── model" in console and "default_root_dir: /" in console
+    assert "${output_dir}" not in console  # resolved
+    assert "💡" not in console and "LeafSpec" not in console
 
 
 def test_a_run_gets_a_dated_folder(trained: Path) -> None:

@@ -184,6 +184,7 @@ def test_iwae_objective_is_below_the_negative_elbo_on_average() -> None:
     assert bound.mean() < elbo.mean() - 4 * standard_error
 
 
+@pytest.mark.slow
 def test_a_conditional_vae_draws_the_class_it_is_given(tiny_mnist: Path, tmp_path: Path) -> None:
     """The tiny digits of class k are a bright bar on rows 4 + 2k and 5 + 2k: after a short
     fit through the real Trainer and DataModule, samples of class k have their bar there."""
@@ -235,6 +236,7 @@ def experiment_runs(tiny_mnist: Path, tmp_path_factory: pytest.TempPathFactory) 
     return runs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", EXPERIMENTS + MODELS)
 def test_each_experiment_trains_and_tests(
     name: str, experiment_runs: dict[str, Path], tiny_mnist: Path
@@ -283,6 +285,7 @@ def study(script: str, run_dir: Path, tiny_mnist: Path, *args: str) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_a_conditional_model_is_evaluated_and_drawn(
     experiment_runs: dict[str, Path], tiny_mnist: Path
 ) -> None:
@@ -305,6 +308,7 @@ def test_a_conditional_model_is_evaluated_and_drawn(
     assert sizes["samples"] == (8 * 30 + 2, 10 * 30 + 2)  # one row per class
 
 
+@pytest.mark.slow
 def test_a_continuous_bernoulli_model_is_evaluated_with_its_likelihood(
     experiment_runs: dict[str, Path], tiny_mnist: Path
 ) -> None:

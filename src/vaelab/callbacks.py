@@ -7,10 +7,11 @@ from typing import TYPE_CHECKING, Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Checkpoint, TQDMProgressBar
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
+from torchvision.transforms.functional import to_pil_image
 
 from vaelab import UserError
 from vaelab.pictures import interpolations_grid, pairs_grid, samples_grid
@@ -115,13 +116,16 @@ class EpochMetrics(L.Callback):
 
 class ImageLogger(L.Callback):
     """Each validation epoch, log validation images above their reconstructions, samples from
-    the prior, and interpolations between validation images, to TensorBoard.
+    the prior, and interpolations between validation images, to each logger that takes images:
+    TensorBoard, W&B and MLflow (as image artifacts, by step); CSV takes none.
 
     The images are the first of the validation set, and the samples are drawn with the same
     seed each epoch, so the pictures of successive epochs show the same things. A conditional
     model's samples have one row per class, each decoding the same draws, and each row of its
     interpolations joins two images of one class, decoded with their label.
     """
+
+    TAKE_IMAGES = (TensorBoardLogger, WandbLogger, MLFlowLogger)
 
     def __init__(self, num_images: int = 32, num_samples: int = 64, nrow: int = 8) -> None:
         if num_images % nrow:
@@ -144,20 +148,34 @@ class ImageLogger(L.Callback):
             self.batch = batch
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: "VAEModule") -> None:
-        if trainer.sanity_checking or not isinstance(trainer.logger, TensorBoardLogger):
+        loggers = [logger for logger in trainer.loggers if isinstance(logger, self.TAKE_IMAGES)]
+        if trainer.sanity_checking or not loggers:
             return
-        writer, step = trainer.logger.experiment, trainer.global_step
         images, labels = self.batch
         x, y = images[: self.num_images], labels[: self.num_images]
         given = y if pl_module.hparams.conditional else None
-        reconstructions = pairs_grid(x, pl_module.reconstruct(x, given), self.nrow)
-        writer.add_image("val/reconstructions", reconstructions, step)
         noise = torch.Generator().manual_seed(0)  # the same draws each epoch
-        samples = samples_grid(pl_module, self.num_samples, self.nrow, noise)
-        writer.add_image("val/samples", samples, step)
-        walks = interpolations_grid(pl_module, images, labels, self.nrow, self.nrow)
-        if walks is not None:
-            writer.add_image("val/interpolations", walks, step)
+        grids = {
+            "val/reconstructions": pairs_grid(x, pl_module.reconstruct(x, given), self.nrow),
+            "val/samples": samples_grid(pl_module, self.num_samples, self.nrow, noise),
+            "val/interpolations": interpolations_grid(
+                pl_module, images, labels, self.nrow, self.nrow
+            ),
+        }
+        for name, grid in grids.items():
+            if grid is not None:  # None: no two images to join
+                for logger in loggers:
+                    self.log_image(logger, name, grid, trainer.global_step)
+
+    @staticmethod
+    def log_image(logger: Logger, name: str, grid: Tensor, step: int) -> None:
+        """Log a (C, H, W) grid of values in [0, 1] to a logger of `TAKE_IMAGES`."""
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_image(name, grid, step)
+        elif isinstance(logger, WandbLogger):
+            logger.log_image(name, [to_pil_image(grid)], step)
+        else:  # MLflow: under the run's artifacts, images/; its UI shows them by step
+            logger.experiment.log_image(logger.run_id, to_pil_image(grid), key=name, step=step)
 
 
 class LossProgressBar(TQDMProgressBar):

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import DictConfig
 
 from vaelab import UserError
 from vaelab.data import ImageDataModule
@@ -83,8 +84,11 @@ def load_checkpoint(
     return model.to(device), checkpoint
 
 
-def load_datamodule(checkpoint: dict[str, Any], **overrides: Any) -> ImageDataModule:
-    """The DataModule of the run that wrote `checkpoint`, `overrides` replacing its settings."""
+def load_datamodule(
+    checkpoint: dict[str, Any], where: dict[str, str], **settings: Any
+) -> ImageDataModule:
+    """The DataModule of the run that wrote `checkpoint`, reading its data from `where`
+    (data_dir or path, whichever it takes) and with `settings` replacing its own."""
     targets = [
         value["_target_"]
         for value in checkpoint.values()
@@ -95,7 +99,15 @@ def load_datamodule(checkpoint: dict[str, Any], **overrides: Any) -> ImageDataMo
     module_name, _, class_name = targets[0].rpartition(".")
     cls = getattr(importlib.import_module(module_name), class_name)
     hparams = checkpoint["datamodule_hyper_parameters"]
-    return cls(**{**hparams, **{k: v for k, v in overrides.items() if k in hparams}})
+    where = {key: value for key, value in where.items() if key in hparams}
+    return cls(**{**hparams, **where, **settings})
+
+
+def where_data(cfg: DictConfig) -> dict[str, str]:
+    """Where a script's `data.data_dir` (or its old name `data_dir`) and `data.path` say the
+    data lies; a path left null keeps the run's own."""
+    where = {"data_dir": cfg.data_dir or cfg.data.data_dir}
+    return where if cfg.data.path is None else {**where, "path": cfg.data.path}
 
 
 def find_checkpoint(ckpt_path: str | None, run_dir: str | None) -> tuple[Path, Path]:

@@ -23,7 +23,10 @@ def check_types(cfg: DictConfig) -> None:
             f"{', '.join(missing)} must be given on the command line, e.g. {missing[0]}=..."
         )
     for path, node in _target_nodes(cfg, ""):
-        hints = typing.get_type_hints(get_object(node["_target_"]).__init__)
+        try:
+            hints = typing.get_type_hints(get_object(node["_target_"]).__init__)
+        except NameError:  # a hint names a type imported only for type checkers, as
+            hints = {}  # WandbLogger's `Run`: that class's values go unchecked
         for name, value in node.items():
             if name in hints and not _matches(value, hints[name]):
                 raise UserError(
@@ -55,8 +58,16 @@ def _matches(value: Any, hint: Any) -> bool:
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
     if hint is type(None) or isinstance(hint, type):
-        return isinstance(value, hint)
+        return isinstance(value, hint) or _builds(value, hint)
     return True  # hints of other kinds are not checked
+
+
+def _builds(value: Any, cls: type) -> bool:
+    """Whether value is a node that Hydra builds into a `cls`, e.g. trainer.profiler's."""
+    if not isinstance(value, dict) or "_target_" not in value or value.get("_partial_"):
+        return False
+    target = get_object(value["_target_"])
+    return isinstance(target, type) and issubclass(target, cls)
 
 
 def _describe(hint: Any) -> str:

@@ -89,11 +89,13 @@ class ImageDataModule(L.LightningDataModule):
         self.is_set_up = True
 
     def train_dataloader(self) -> InMemoryBatches:
+        # trainer.overfit_batches=N trains on the first N batches: the same ones each epoch.
+        overfit = self.trainer is not None and self.trainer.overfit_batches > 0
         return self._batches(
             self.train_images,
             self.train_labels,
             self.batch_size,
-            shuffle=True,
+            shuffle=not overfit,
             seed=self.seed,
             binarize=self.binarize,
         )

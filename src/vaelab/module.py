@@ -19,11 +19,11 @@ from vaelab.losses import (
 from vaelab.networks import reparameterize
 from vaelab.parts import build_part
 
-OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 MLP_ENCODER = {"_target_": "vaelab.networks.MLPEncoder"}  # the parts' defaults: 400 units, ReLU
 MLP_DECODER = {"_target_": "vaelab.networks.MLPDecoder"}
 STANDARD_PRIOR = {"_target_": "vaelab.priors.StandardNormal"}
 BERNOULLI = {"_target_": "vaelab.likelihoods.Bernoulli"}
+ADAM = {"_target_": "torch.optim.Adam"}
 Stage = Literal["train", "val", "test"]
 
 
@@ -42,13 +42,16 @@ class VAEModule(L.LightningModule):
         kl_warmup_epochs: int = 0,
         iw_samples: int = 1,
         lr: float = 1e-3,
-        optimizer: str = "adam",
+        optimizer: Mapping[str, Any] = ADAM,
+        scheduler: Mapping[str, Any] | None = None,
         compile: bool = False,
         image_shape: Sequence[int] = (1, 28, 28),
         num_classes: int = 0,
     ) -> None:
         """Args:
         encoder, decoder, prior, likelihood: each a part's config (see `vaelab.parts`).
+        optimizer, scheduler: a torch optimizer's config, given the parameters and `lr`, and
+            a learning-rate scheduler's, given the optimizer; None or {}: a constant lr.
         conditional: encoder and decoder also get the one-hot label (Sohn et al. 2015).
         beta, kl_warmup_epochs: the KL's weight in the objective (beta-VAE), reached linearly
             over the warm-up's epochs.
@@ -64,8 +67,10 @@ class VAEModule(L.LightningModule):
         require(kl_warmup_epochs >= 0, "kl_warmup_epochs", kl_warmup_epochs, "use 0 (none) or more")
         require(iw_samples >= 1, "iw_samples", iw_samples, "use 1 (the VAE) or more, e.g. 5")
         require(lr > 0, "lr", lr, "use a learning rate > 0, e.g. 1e-3")
-        require(optimizer in OPTIMIZERS, "optimizer", optimizer, f"use {' or '.join(OPTIMIZERS)}")
-        encoder, decoder, prior, likelihood = map(dict, (encoder, decoder, prior, likelihood))
+        encoder, decoder, prior, likelihood, optimizer = map(
+            dict, (encoder, decoder, prior, likelihood, optimizer)
+        )
+        scheduler = dict(scheduler or {})
         image_shape = list(image_shape)  # plain values for the hyperparameters
         self.save_hyperparameters()
         size = num_classes if conditional else 0
@@ -74,6 +79,7 @@ class VAEModule(L.LightningModule):
         self.decoder = build_part("decoder", decoder, context)
         self.prior = build_part("prior", prior, {**context, "encoder": self.encoder})
         self.likelihood = build_part("likelihood", likelihood, context)
+        self.configure_optimizers()  # so that a bad optimizer setting is named now
         if compile:  # in place, so checkpoints keep their keys; dynamic: the last batch is smaller
             self.encoder.compile(dynamic=True)
             self.decoder.compile(dynamic=True)
@@ -105,8 +111,17 @@ class VAEModule(L.LightningModule):
         sums = torch.stack([terms.recon.sum(), terms.kl.sum(), terms.objective.sum()]).detach()
         return {"loss": terms.objective.mean(), "sums": sums}
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return OPTIMIZERS[self.hparams.optimizer](self.parameters(), lr=self.hparams.lr)
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
+        context = {"params": self.parameters(), "lr": self.hparams.lr}
+        optimizer = build_part("optimizer", self.hparams.optimizer, context)
+        if not self.hparams.scheduler:
+            return optimizer
+        scheduler = build_part("scheduler", self.hparams.scheduler, {"optimizer": optimizer})
+        # Stepped after each epoch; one that reduces on a plateau watches val/loss.
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"},
+        }
 
     def loss_terms(
         self, x: Tensor, labels: Tensor | None = None, iw_samples: int = 1, weight: float = 1.0

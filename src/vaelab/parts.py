@@ -35,3 +35,5 @@ def build_part(name: str, spec: Mapping[str, Any], context: Mapping[str, Any]) -
         return cls(**given, **settings)
     except UserError as err:
         raise UserError(f"{name}.{err}") from None
+    except ValueError as err:  # a value the class itself rejects, e.g. torch's optimizers
+        raise UserError(f"{name}: {err}") from None

@@ -14,11 +14,14 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from vaelab import UserError
 from vaelab.checkpoints import check_checkpoint
 from vaelab.config import check_types
+from vaelab.console import print_config, quiet
 
 
 def train(cfg: DictConfig) -> float:
@@ -27,6 +30,9 @@ def train(cfg: DictConfig) -> float:
     # Hydra sends log records to the console and to train.log; Lightning's own console
     # handler would print each of its messages a second time.
     logging.getLogger("lightning").handlers.clear()
+    quiet()
+    if cfg.print_config:
+        rank_zero_only(print_config)(cfg)
     # seed=null: a random seed (Lightning's own choice would be 0), logged with the hparams.
     seed = random.SystemRandom().randrange(2**31) if cfg.seed is None else cfg.seed
     cfg.seed = L.seed_everything(seed, workers=True)
@@ -37,24 +43,38 @@ def train(cfg: DictConfig) -> float:
     # The model is built for the data: its image shape and number of classes.
     data_facts = {"image_shape": datamodule.image_shape, "num_classes": datamodule.num_classes}
     model = build(cfg.model, "model", **data_facts)
+    # One logger, or with logger=many a dict of loggers by name; the trainer takes a list.
     logger = build(cfg.logger, "logger")
+    loggers = list(logger.values()) if isinstance(logger, dict) else [logger]
     callbacks = [build(node, f"callbacks.{name}") for name, node in cfg.callbacks.items()]
-    trainer: L.Trainer = build(cfg.trainer, "trainer", logger=logger, callbacks=callbacks)
+    trainer: L.Trainer = build(cfg.trainer, "trainer", logger=loggers, callbacks=callbacks)
     if ckpt_path:
         check_checkpoint(ckpt_path, model)
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     fit_metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
-    best = best_checkpoint(trainer)
-    best_val_loss = best.best_model_score.item()
+    if trainer.fast_dev_run:  # Lightning saved no checkpoint: test the weights as they are
+        best_val_loss, best_path = fit_metrics["val/loss"], None
+    else:
+        best = best_checkpoint(trainer)
+        best_val_loss, best_path = best.best_model_score.item(), best.best_model_path
     (test_metrics,) = trainer.test(
-        model, datamodule=datamodule, ckpt_path=best.best_model_path, weights_only=True
+        model, datamodule=datamodule, ckpt_path=best_path, weights_only=True
     )
 
-    # The HParams tab: hyperparameters next to the final figures of this run.
+    # Each logger gets the hyperparameters next to the final figures of this run; TensorBoard
+    # takes both in one call, which fills its HParams tab.
+    params = {**model.hparams, **datamodule.hparams}
     final = {"hp/best_val_loss": best_val_loss, "hp/test_loss": test_metrics["test/loss"]}
-    logger.log_hyperparams({**model.hparams, **datamodule.hparams}, final, trainer.global_step)
-    logger.finalize("success")  # flush: the trainer has closed the logger already
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.log_hyperparams(params, final, trainer.global_step)
+        else:
+            logger.log_hyperparams(params)
+            logger.log_metrics(final, trainer.global_step)
+        logger.finalize("success")  # flush: the trainer has closed the logger already
+        if isinstance(logger, WandbLogger):  # its finalize leaves the run open for the next
+            logger.experiment.finish()  # WandbLogger in this process, e.g. a sweep's next job
     if trainer.is_global_zero:
         metrics = {**fit_metrics, **test_metrics}
         epochs = trainer.current_epoch
