@@ -31,10 +31,12 @@ def main(cfg: DictConfig) -> dict[str, float]:
     import lightning as L
     import torch
     from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
 
     from vaelab.callbacks import EpochMetrics
     from vaelab.checkpoints import find_checkpoint, load_checkpoint, load_datamodule, where_data
     from vaelab.console import quiet
+    from vaelab.metrics import active_units, standard_error
 
     checkpoint_path, run_dir = find_checkpoint(cfg.ckpt_path, cfg.run_dir)
     gpu = torch.cuda.is_available()
@@ -57,18 +59,28 @@ def main(cfg: DictConfig) -> dict[str, float]:
     torch.manual_seed(cfg.seed)  # the reparameterization noise of the ELBO
     (metrics,) = trainer.test(model.eval(), datamodule=data, verbose=False)
 
-    # test/nll_iw: K draws of q(z|x) per image, from their own seeded generator.
+    # test/nll_iw: K draws of q(z|x) per image, from their own seeded generator; and the
+    # means of q(z|x), whose spread over the test images counts the active units.
     model.to(trainer.strategy.root_device)  # where the test images are; the Trainer moved it back
     iw_noise = torch.Generator().manual_seed(cfg.seed)
     conditional = model.hparams.conditional
-    total, count = 0.0, 0
-    for x, labels in data.test_dataloader():
-        given = labels if conditional else None
-        log_px = model.log_likelihood(x, cfg.iw_samples, cfg.chunk_size, iw_noise, given)
-        total, count = total - log_px.sum().item(), count + len(x)
-    metrics["test/nll_iw"] = total / count  # nats per image
+    nll, means = [], []
+    images = len(data.test_images)
+    with tqdm(total=images, desc=f"test/nll_iw, K={cfg.iw_samples}", unit="image") as progress:
+        for x, labels in data.test_dataloader():
+            given = labels if conditional else None
+            log_px = model.log_likelihood(x, cfg.iw_samples, cfg.chunk_size, iw_noise, given)
+            nll.append(-log_px.double().cpu())
+            with torch.no_grad():
+                means.append(model.encode(x, given)[0].cpu())
+            progress.update(len(x))
+    nll = torch.cat(nll)  # (N,) nats per image
+    metrics["test/nll_iw"] = nll.mean().item()
+    metrics["test/nll_iw_se"] = standard_error(nll)  # over the test images
     pixels = math.prod(model.hparams.image_shape)
     metrics["test/nll_iw_bpd"] = metrics["test/nll_iw"] / (pixels * math.log(2))
+    metrics["test/active_units"] = active_units(torch.cat(means))
+    count = len(nll)
 
     likelihood, prior = type(model.likelihood).__name__, type(model.prior).__name__
     binarize = data.hparams.binarize
@@ -76,7 +88,12 @@ def main(cfg: DictConfig) -> dict[str, float]:
     if conditional:
         print("A conditional model: test/nll_iw estimates -log p(x | label), not -log p(x).")
     print(f"{'metric':<16} {'value':>9}  unit")
-    units = {"test/nll_iw": f"nats per image, K={cfg.iw_samples}", "test/nll_iw_bpd": "bits/dim"}
+    units = {
+        "test/nll_iw": f"nats per image, K={cfg.iw_samples}",
+        "test/nll_iw_se": "nats, its standard error over the test images",
+        "test/nll_iw_bpd": "bits/dim",
+        "test/active_units": f"of {model.hparams.latent_size} latent dimensions (variance > 0.01)",
+    }
     for name, value in metrics.items():
         print(f"{name:<16} {value:>9.3f}  {units.get(name, 'nats per image')}")
 
@@ -97,7 +114,7 @@ def main(cfg: DictConfig) -> dict[str, float]:
     }
     summary_path.write_text(json.dumps(summary, indent=2))
     with SummaryWriter(run_dir) as writer:
-        for name in ("test/nll_iw", "test/nll_iw_bpd"):  # the ELBO's terms are there already
+        for name in ("test/nll_iw", "test/nll_iw_bpd", "test/active_units"):  # ELBO's: there
             writer.add_scalar(name, metrics[name], step)
     print(f"Wrote {summary_path} and test/nll_iw to the TensorBoard of {run_dir}")
     return metrics

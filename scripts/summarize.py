@@ -2,15 +2,18 @@
 
     python scripts/summarize.py outputs/multirun/2026-11-25/10-00-00
 
-Reads each run's metrics.json (written by train.py, also for runs that failed) and
-.hydra/overrides.yaml; a run that left no metrics.json (killed, or still running) is a
-failed row too. Writes summary.csv, summary.md and summary.png into the sweep folder.
+Reads each run's metrics.json (written by train.py, also for runs that failed, and by
+scripts/evaluate.py) and .hydra/overrides.yaml; a run that left no metrics.json (killed, or
+still running) is a failed row too. When the sweep varies `seed`, a second table gives each
+other setting's mean and standard deviation over seeds. Writes summary.csv, summary.md and
+summary.png into the sweep folder.
 """
 
 import argparse
 import csv
 import json
 import math
+import statistics
 from pathlib import Path
 
 import matplotlib
@@ -20,6 +23,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import yaml  # noqa: E402
 
 METRICS = ["best_val_loss", "test/loss", "test/recon", "test/kl", "epochs", "wall_seconds"]
+# From scripts/evaluate.py, when it has been run on a job: its own test/ figures.
+EVALUATED = ["test/nll_iw", "test/nll_iw_se", "test/active_units"]
 
 
 def read_run(run_dir: Path) -> dict:
@@ -35,6 +40,8 @@ def read_run(run_dir: Path) -> dict:
     row |= {"epochs": summary.get("epochs"), "wall_seconds": summary["wall_seconds"]}
     row["best_val_loss"] = summary.get("best_val_loss")
     row |= {k: v for k, v in summary.get("metrics", {}).items() if k.startswith("test/")}
+    evaluated = summary.get("evaluation", {}).get("metrics", {})
+    row |= {k: v for k, v in evaluated.items() if k in EVALUATED}
     return row
 
 
@@ -55,6 +62,41 @@ def as_number(text: str) -> float | str:
         return float(text)
     except ValueError:
         return text
+
+
+def over_seeds(rows: list[dict], params: list[str], metrics: list[str]) -> list[list[str]]:
+    """One line per setting of the swept parameters other than seed: how many seeds completed,
+    and each metric's mean (sample standard deviation) over them."""
+    others = [p for p in params if p != "seed"]
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        if not sort_key(row)[0]:  # completed
+            groups.setdefault(tuple(row["params"].get(p, "") for p in others), []).append(row)
+    lines = []
+    for setting, group in groups.items():
+        cells = [*setting, str(len(group))]
+        for metric in metrics:
+            values = [row[metric] for row in group if isinstance(row.get(metric), int | float)]
+            if not values:
+                cells.append("")
+                continue
+            spread = statistics.stdev(values) if len(values) > 1 else float("nan")
+            cells.append(f"{statistics.mean(values):.2f} ({spread:.2f})")
+        lines.append(cells)
+    return [[*others, "seeds", *metrics], *lines]
+
+
+def markdown_table(lines: list[list[str]]) -> list[str]:
+    header, *body = lines
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(line) + " |" for line in body
+    ]
+
+
+def print_table(lines: list[list[str]]) -> None:
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    for line in lines:
+        print("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip())
 
 
 def plot(rows: list[dict], params: list[str], path: Path) -> None:
@@ -89,7 +131,8 @@ def main() -> None:
         raise SystemExit(f"Error: no runs (folders with .hydra/) in {sweep_dir}")
     rows = sorted((read_run(run) for run in runs), key=sort_key)
     params = swept(rows)
-    columns = ["run", "status", *params, *METRICS, "reason"]
+    metrics = METRICS + [m for m in EVALUATED if any(m in row for row in rows)]
+    columns = ["run", "status", *params, *metrics, "reason"]
     table = [
         [row["params"].get(c, "") if c in params else row.get(c, "") for c in columns]
         for row in rows
@@ -98,14 +141,15 @@ def main() -> None:
 
     with open(sweep_dir / "summary.csv", "w", newline="") as file:
         csv.writer(file).writerows([columns, *table])
-    markdown = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    markdown += ["| " + " | ".join(line) + " |" for line in cells]
+    markdown = markdown_table([columns, *cells])
+    print_table([columns, *cells])
+    if "seed" in params:  # the mean and spread over seeds of each other setting
+        seeds = over_seeds(rows, params, [m for m in metrics if m != "test/nll_iw_se"])
+        markdown += ["", "Mean (standard deviation) over seeds:", "", *markdown_table(seeds)]
+        print("\nMean (standard deviation) over seeds:")
+        print_table(seeds)
     (sweep_dir / "summary.md").write_text("\n".join(markdown) + "\n")
     plot(rows, params, sweep_dir / "summary.png")
-
-    widths = [max(len(c), *(len(line[i]) for line in cells)) for i, c in enumerate(columns)]
-    for line in [columns, *cells]:
-        print("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip())
     print(f"\nWrote summary.csv, summary.md and summary.png in {sweep_dir}")
 
 

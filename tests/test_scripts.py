@@ -5,15 +5,20 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
+from vaelab.data import MNISTDataModule
 from vaelab.datasets import IDX_FILES
+from vaelab.module import VAEModule
 
 from .conftest import TINY_RUN, TINY_TEST, read_events, run_script, run_train
 
 pytestmark = pytest.mark.slow  # every test runs train.py or a script
+TINY_DATA = {"val_size": 64, "batch_size": 32, "eval_batch_size": 64}  # as TINY_RUN has them
 
 METRICS = {"test/loss", "test/recon", "test/kl", "test/nll_iw", "test/nll_iw_bpd"}
+METRICS |= {"test/nll_iw_se", "test/active_units"}
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +69,26 @@ def test_evaluate_reports_the_test_metrics(evaluations: list, run_dir: Path) -> 
     logged = read_events(run_dir).Scalars("test/nll_iw")  # one point per evaluation
     assert [event.value for event in logged] == pytest.approx([metrics["test/nll_iw"]] * 2)
     assert {event.step for event in logged} == {evaluation["global_step"]} != {0}
+
+
+def test_the_iw_estimate_and_its_standard_error_computed_directly(
+    evaluations: list, run_dir: Path, tiny_mnist: Path
+) -> None:
+    """The same draws, in the same order (batches of 100 images, one generator seeded 0),
+    give the same per-image estimates: their mean and standard error are evaluate.py's."""
+    metrics = evaluations[0][0]["evaluation"]["metrics"]
+    (best,) = (run_dir / "checkpoints").glob("epoch*.ckpt")
+    model = VAEModule.load_from_checkpoint(best).eval()
+    data = MNISTDataModule(str(tiny_mnist), **{**TINY_DATA, "binarize": "dynamic"})
+    data.setup("test")
+    generator = torch.Generator().manual_seed(0)
+    nll = torch.cat(
+        [-model.log_likelihood(x, 20, 100, generator).double() for x in data.test_images.split(100)]
+    )  # (160,)
+    assert metrics["test/nll_iw"] == pytest.approx(nll.mean().item(), rel=1e-9)
+    se = nll.std().item() / math.sqrt(len(nll))  # sample standard deviation over sqrt(N)
+    assert metrics["test/nll_iw_se"] == pytest.approx(se, rel=1e-9) and se > 0
+    assert metrics["test/active_units"] in (0, 1, 2)  # of the 2 latent dimensions
 
 
 def test_two_evaluations_agree_exactly(evaluations: list) -> None:
