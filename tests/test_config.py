@@ -43,6 +43,81 @@ EXPERIMENTS = {
     },
     "iwae_k5": {"model.iw_samples": 5, "data.binarize": "dynamic"},
     "latent2_manifold": {"model.latent_size": 2, "trainer.max_epochs": 20},
+    "burda2015_vae": {
+        "model.latent_size": 50,
+        "model.encoder": {
+            "_target_": "vaelab.networks.MLPEncoder",
+            "hidden_sizes": [200, 200],
+            "activation": "tanh",
+        },
+        "model.decoder": {
+            "_target_": "vaelab.networks.MLPDecoder",
+            "hidden_sizes": [200, 200],
+            "activation": "tanh",
+        },
+        "model.iw_samples": 1,
+        "model.lr": 0.001,
+        "model.optimizer": {
+            "_target_": "torch.optim.Adam",
+            "betas": [0.9, 0.999],
+            "eps": 1e-4,
+            "weight_decay": 0.0,
+        },
+        "model.scheduler": {  # lr 1e-3 * 10^(-i/7) for 3^i epochs, i = 0 ... 7
+            "_target_": "vaelab.schedules.StagedLR",
+            "epochs": [1, 3, 9, 27, 81, 243, 729, 2187],
+            "factors": [1.0, 0.719686, 0.517947, 0.372759, 0.26827, 0.19307, 0.13895, 0.1],
+        },
+        "data.batch_size": 20,
+        "data.binarize": "dynamic",
+        "trainer.max_epochs": 3280,
+    },
+    "burda2015_iwae": {
+        "model.latent_size": 50,
+        "model.iw_samples": 50,
+        "data.batch_size": 20,
+        "trainer.max_epochs": 3280,
+    },
+    "vampprior2018": {
+        "model.prior": {"_target_": "vaelab.priors.VampPrior", "num_components": 500},
+        "model.latent_size": 40,
+        "model.decoder": {
+            "_target_": "vaelab.networks.MLPDecoder",
+            "hidden_sizes": [300, 300],
+            "activation": "relu",
+        },
+        "model.kl_warmup_epochs": 100,
+        "model.lr": 0.0005,
+        "data.batch_size": 100,
+        "data.binarize": "dynamic",
+        "trainer.max_epochs": 2000,
+        "callbacks.early_stopping.patience": 50,
+    },
+    "vampprior2018_standard": {
+        "model.prior": {"_target_": "vaelab.priors.StandardNormal"},
+        "model.latent_size": 40,
+        "model.encoder": {
+            "_target_": "vaelab.networks.MLPEncoder",
+            "hidden_sizes": [300, 300],
+            "activation": "relu",
+        },
+        "model.decoder": {
+            "_target_": "vaelab.networks.MLPDecoder",
+            "hidden_sizes": [300, 300],
+            "activation": "relu",
+        },
+        "model.kl_warmup_epochs": 100,
+        "model.lr": 0.0005,
+        "data.batch_size": 100,
+        "data.binarize": "dynamic",
+        "trainer.max_epochs": 2000,
+        "callbacks.early_stopping": {
+            "_target_": "lightning.pytorch.callbacks.EarlyStopping",
+            "monitor": "val/loss",
+            "mode": "min",
+            "patience": 50,
+        },
+    },
 }
 
 

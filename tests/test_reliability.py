@@ -278,6 +278,18 @@ def test_a_pickle_of_other_objects_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_a_checkpoint_of_an_older_version(tmp_path: Path) -> None:
+    """The hyperparameters of the single-class VAEModule (before the parts) name no parts."""
+    path = tmp_path / "old.ckpt"
+    old = {"latent_size": 4, "hidden_sizes": [32], "network": "mlp", "optimizer": "adam"}
+    torch.save({"state_dict": {}, "hyper_parameters": old}, path)
+    with pytest.raises(UserError, match="old.ckpt was not written by this version of vaelab"):
+        load_checkpoint(path)
+    torch.save({"state_dict": {}, "hyper_parameters": {"optimizer": "adam"}}, path)
+    with pytest.raises(UserError, match="old.ckpt was not written by this version of vaelab"):
+        load_checkpoint(path)
+
+
 def test_a_truncated_checkpoint(checkpoint: Path, tmp_path: Path) -> None:
     path = tmp_path / "half.ckpt"
     path.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])

@@ -2,13 +2,11 @@
 
 import json
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 import yaml
 
-from .conftest import ROOT
+from .conftest import run_script
 
 
 def fake_run(folder: Path, overrides: list[str], metrics: dict, nll_iw: float) -> None:
@@ -34,12 +32,7 @@ def test_a_sweep_over_seeds_gets_each_settings_mean_and_spread(tmp_path: Path) -
             metrics = {"test/loss": loss, "test/recon": loss - 25, "test/kl": 25.0}
             overrides = [f"model/prior={prior}", f"seed={seed}"]
             fake_run(tmp_path / f"{prior}-{seed}", overrides, metrics, nll_iw=loss - 5)
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "summarize.py"), str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_script("summarize", str(tmp_path))
     assert result.returncode == 0, result.stderr
     markdown = (tmp_path / "summary.md").read_text()
     assert "test/nll_iw" in markdown.splitlines()[0]  # evaluate.py's figures are columns too

@@ -3,8 +3,6 @@
 import csv
 import hashlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +10,7 @@ import yaml
 
 from vaelab.data import MNISTDataModule
 
-from .conftest import ROOT, TINY_RUN, run_train
+from .conftest import TINY_RUN, run_script, run_train
 
 pytestmark = pytest.mark.slow  # every test runs train.py -m
 
@@ -92,12 +90,7 @@ def test_a_failed_run_does_not_sink_the_sweep_and_is_summarized(
     failed = json.loads((jobs(tmp_path)[1] / "metrics.json").read_text())
     assert failed["status"] == "failed" and "latent_size=0 is invalid" in failed["reason"]
 
-    summary = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "summarize.py"), str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    summary = run_script("summarize", str(tmp_path))
     assert summary.returncode == 0, summary.stderr
     header, *rows = list(csv.reader((tmp_path / "summary.csv").open()))
     assert header[:5] == ["run", "status", "model.latent_size", "best_val_loss", "test/loss"]

@@ -76,7 +76,7 @@ def load_checkpoint(
     checkpoint = read_checkpoint(path)
     try:
         model = VAEModule(**checkpoint["hyper_parameters"])
-    except (KeyError, TypeError) as err:
+    except (KeyError, TypeError, ValueError) as err:  # hyperparameters of another version
         raise UserError(
             f"{path} was not written by this version of vaelab's VAEModule ({err}); train it again"
         ) from None

@@ -1,0 +1,179 @@
+"""The papers' presets (Burda et al. 2015, Tomczak & Welling 2018) and the staged lr schedule."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from vaelab import UserError
+from vaelab.checkpoints import load_checkpoint, read_checkpoint
+from vaelab.config import check_types
+from vaelab.schedules import StagedLR
+from vaelab.train import build, train
+
+from .conftest import read_events
+from .test_config import compose_train
+
+BURDA_EPOCHS = [3**i for i in range(8)]  # stage i: 3^i epochs at 1e-3 * 10^(-i/7)
+BURDA_FACTORS = [10 ** (-i / 7) for i in range(8)]
+# Two short epochs on the tiny data.
+QUICK = [
+    "trainer.max_epochs=2",
+    "trainer.limit_train_batches=3",
+    "data.val_size=64",
+    "data.eval_batch_size=64",
+    "callbacks.progress_bar.refresh_rate=0",
+]
+
+
+def sgd(lr: float = 1e-3) -> torch.optim.SGD:
+    return torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=lr)
+
+
+def learning_rates(scheduler: StagedLR, epochs: int) -> list[float]:
+    """The lr of each of the next `epochs` epochs, the scheduler stepped after each."""
+    rates = []
+    for _ in range(epochs):
+        rates.append(scheduler.optimizer.param_groups[0]["lr"])
+        scheduler.optimizer.step()
+        scheduler.step()
+    return rates
+
+
+def burda_stage(epoch: int) -> int:
+    """Stage i of Burda et al.'s schedule holds the epochs (from 0) with 3^i <= 2 epoch + 1 <
+    3^(i+1), as the stages before it last 1 + 3 + ... + 3^(i-1) = (3^i - 1) / 2 epochs."""
+    stage = 0
+    while stage < 7 and 3 ** (stage + 1) <= 2 * epoch + 1:
+        stage += 1
+    return stage
+
+
+def test_staged_lr_follows_burda_et_als_stages() -> None:
+    rates = learning_rates(StagedLR(sgd(), BURDA_EPOCHS, BURDA_FACTORS), 3400)
+    assert rates == pytest.approx([1e-3 * 10 ** (-burda_stage(e) / 7) for e in range(3400)])
+    changes = [epoch for epoch in range(1, 3400) if rates[epoch] != rates[epoch - 1]]
+    assert changes == [1, 4, 13, 40, 121, 364, 1093]  # stages of 1, 3, 9, 27, ... epochs
+    assert rates[3279] == rates[-1] == pytest.approx(1e-4)  # the last factor holds
+
+
+def test_staged_lr_state_is_plain_values_and_resumes_in_its_stage(tmp_path: Path) -> None:
+    optimizer = sgd()
+    scheduler = StagedLR(optimizer, epochs=[2, 3, 1], factors=[1.0, 0.5, 0.1])
+    assert learning_rates(scheduler, 4) == pytest.approx([1e-3, 1e-3, 5e-4, 5e-4])
+    path = tmp_path / "state.pt"
+    torch.save({"scheduler": scheduler.state_dict(), "optimizer": optimizer.state_dict()}, path)
+    saved = torch.load(path, weights_only=True)  # refuses anything but plain values and tensors
+    state = saved["scheduler"]
+    assert (state["last_epoch"], state["epochs"], state["factors"]) == (4, [2, 3, 1], [1, 0.5, 0.1])
+    # As Lightning resumes: a fresh scheduler (at epoch 0), then both states loaded.
+    optimizer = sgd()
+    restored = StagedLR(optimizer, epochs=[2, 3, 1], factors=[1.0, 0.5, 0.1])
+    optimizer.load_state_dict(saved["optimizer"])
+    restored.load_state_dict(saved["scheduler"])
+    expected = learning_rates(scheduler, 3)
+    assert expected == pytest.approx([5e-4, 1e-4, 1e-4])
+    assert learning_rates(restored, 3) == expected
+
+
+@pytest.mark.parametrize(
+    "epochs,factors,message",
+    [
+        ([1, 2], [1.0], r"epochs=\[1, 2\] is invalid: give one length per factor, 1 for"),
+        ([], [], r"factors=\[\] is invalid: give one or more"),
+        ([3, 0], [1.0, 0.1], r"epochs=\[3, 0\] is invalid: use stage lengths >= 1"),
+        ([3, 3], [1.0, 0.0], r"factors=\[1.0, 0.0\] is invalid: use factors > 0"),
+    ],
+)
+def test_staged_lr_names_a_bad_stage(epochs: list, factors: list, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        StagedLR(sgd(), epochs, factors)
+
+
+def test_a_bad_stage_in_the_config_is_named_with_its_key(tmp_path: Path) -> None:
+    cfg = compose_train(["model/scheduler=stages", "model.scheduler.factors=[1.0,-0.5]"], tmp_path)
+    with pytest.raises(UserError, match=r"^model\.scheduler\.factors=\[1.0, -0.5\] is invalid"):
+        build(cfg.model, "model")
+
+
+def mlp_layers(network: nn.Module) -> tuple[list[int], set[str]]:
+    """The widths of an MLP's hidden layers and the names of its activations."""
+    widths = [layer.out_features for layer in network.body if isinstance(layer, nn.Linear)]
+    return widths, {type(layer).__name__ for layer in network.body[1::2]}
+
+
+BURDA = {  # what the trained model of either Burda preset has
+    "widths": [200, 200],
+    "activation": "Tanh",
+    "latent_size": 50,
+    "batch_size": 20,
+    "lr": [1e-3, 1e-3 * 10 ** (-1 / 7)],  # the lr of the first two epochs: stages 0 and 1
+}
+VAMPPRIOR = {
+    "widths": [300, 300],
+    "activation": "ReLU",
+    "latent_size": 40,
+    "batch_size": 100,
+    "lr": [5e-4, 5e-4],  # constant
+}
+
+
+@pytest.mark.parametrize(
+    "preset,overrides,expected",
+    [
+        ("burda2015_vae", [], {**BURDA, "iw_samples": 1, "prior": "StandardNormal"}),
+        ("burda2015_iwae", [], {**BURDA, "iw_samples": 50, "prior": "StandardNormal"}),
+        (
+            "vampprior2018",
+            ["model.prior.num_components=5"],
+            {**VAMPPRIOR, "iw_samples": 1, "prior": "VampPrior"},
+        ),
+        (
+            "vampprior2018_standard",
+            [],
+            {**VAMPPRIOR, "iw_samples": 1, "prior": "StandardNormal"},
+        ),
+    ],
+)
+def test_each_papers_preset_trains_the_papers_model(
+    preset: str, overrides: list[str], expected: dict, tiny_mnist: Path, tmp_path: Path
+) -> None:
+    cfg = compose_train(
+        [f"experiment={preset}", f"data.data_dir={tiny_mnist}", *QUICK, *overrides], tmp_path
+    )
+    check_types(cfg)
+    assert cfg.data.binarize == "dynamic" and cfg.data.batch_size == expected["batch_size"]
+    assert train(cfg) > 0
+    checkpoint_path = tmp_path / "checkpoints" / "last.ckpt"
+    model, checkpoint = load_checkpoint(checkpoint_path)
+    for network in (model.encoder, model.decoder):
+        assert mlp_layers(network) == (expected["widths"], {expected["activation"]})
+    assert model.encoder.mean.out_features == model.decoder.body[0].in_features
+    assert model.hparams.latent_size == model.encoder.mean.out_features == expected["latent_size"]
+    assert model.hparams.iw_samples == expected["iw_samples"]
+    assert type(model.prior).__name__ == expected["prior"]
+    logged = [event.value for event in read_events(tmp_path).Scalars("lr-Adam")]
+    assert logged == pytest.approx(expected["lr"])
+    adam = checkpoint["optimizer_states"][0]["param_groups"][0]
+    if preset.startswith("burda"):
+        assert (adam["eps"], adam["betas"]) == (1e-4, (0.9, 0.999))
+        assert checkpoint["lr_schedulers"][0]["factors"] == pytest.approx(BURDA_FACTORS, rel=1e-5)
+        assert checkpoint["lr_schedulers"][0]["epochs"] == BURDA_EPOCHS
+    else:
+        assert model.hparams.kl_warmup_epochs == 100 and checkpoint["lr_schedulers"] == []
+        stopping = checkpoint["callbacks"]["EarlyStopping{'monitor': 'val/loss', 'mode': 'min'}"]
+        assert stopping["patience"] == 50
+
+
+def test_a_resumed_burda_run_goes_on_in_its_stage(tiny_mnist: Path, tmp_path: Path) -> None:
+    """Stopped after 2 epochs (stages 0 and 1), resumed to 5: epochs 2 and 3 finish stage 1,
+    epoch 4 starts stage 2. A scheduler restarted at epoch 0 would still be in stage 1."""
+    run = ["experiment=burda2015_vae", f"data.data_dir={tiny_mnist}", *QUICK]
+    train(compose_train(run, tmp_path))
+    train(compose_train([*run, "trainer.max_epochs=5", "resume=true"], tmp_path))
+    logged = [event.value for event in read_events(tmp_path).Scalars("lr-Adam")]
+    assert logged == pytest.approx([1e-3 * BURDA_FACTORS[burda_stage(e)] for e in range(5)])
+    assert [burda_stage(e) for e in range(5)] == [0, 1, 1, 1, 2]
+    saved = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["lr_schedulers"][0]
+    assert saved["last_epoch"] == 5
