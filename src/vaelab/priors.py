@@ -101,8 +101,8 @@ class VampPrior(MixturePrior):
     """The VampPrior (Tomczak & Welling 2018): p(z) = (1/K) sum_k q(z|u_k) over K learned
     pseudo-inputs u_k, encoded by the VAE's own encoder.
 
-    The pseudo-inputs are kept in [0, 1] by a hard tanh and start near 0.05 (the paper's
-    initialization for MNIST). A conditional VAE's encoder is given an all-zero condition for
+    The pseudo-inputs are kept in [0, 1] by a hard tanh and start near 0.05, just inside it,
+    where the hard tanh passes gradients. A conditional VAE's encoder is given an all-zero condition for
     them, so that p(z), as with the other priors, does not depend on the label.
     """
 
