@@ -23,7 +23,8 @@ MLP_ENCODER = {"_target_": "vaelab.networks.MLPEncoder"}  # the parts' defaults:
 MLP_DECODER = {"_target_": "vaelab.networks.MLPDecoder"}
 STANDARD_PRIOR = {"_target_": "vaelab.priors.StandardNormal"}
 BERNOULLI = {"_target_": "vaelab.likelihoods.Bernoulli"}
-ADAM = {"_target_": "torch.optim.Adam"}
+ADAM = {"_target_": "torch.optim.Adam", "fused": True}
+FUSED_DEVICES = ("cpu", "cuda")  # where torch has fused Adam/AdamW kernels for float32 weights
 Stage = Literal["train", "val", "test"]
 
 
@@ -113,7 +114,10 @@ class VAEModule(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
         context = {"params": self.parameters(), "lr": self.hparams.lr}
-        optimizer = build_part("optimizer", self.hparams.optimizer, context)
+        spec = dict(self.hparams.optimizer)
+        if spec.get("fused") and self.device.type not in FUSED_DEVICES:
+            spec["fused"] = None  # torch's default (foreach) where there is no fused kernel
+        optimizer = build_part("optimizer", spec, context)
         if not self.hparams.scheduler:
             return optimizer
         scheduler = build_part("scheduler", self.hparams.scheduler, {"optimizer": optimizer})

@@ -46,7 +46,8 @@ def train(cfg: DictConfig) -> float:
     # One logger, or with logger=many a dict of loggers by name; the trainer takes a list.
     logger = build(cfg.logger, "logger")
     loggers = list(logger.values()) if isinstance(logger, dict) else [logger]
-    callbacks = [build(node, f"callbacks.{name}") for name, node in cfg.callbacks.items()]
+    # callbacks.NAME=null drops one of them.
+    callbacks = [build(node, f"callbacks.{name}") for name, node in cfg.callbacks.items() if node]
     trainer: L.Trainer = build(cfg.trainer, "trainer", logger=loggers, callbacks=callbacks)
     if ckpt_path:
         check_checkpoint(ckpt_path, model)
