@@ -179,7 +179,8 @@ def test_fused_optimizer_steps_like_the_plain_one(name: str) -> None:
             model.loss_terms(x).objective.mean().backward()
             optimizer.step()
         weights[fused] = torch.cat([p.detach().flatten() for p in model.parameters()])
-    assert (weights[False] - start).abs().max() > 1e-3  # the steps changed the weights, so the comparison means something
+    # the steps changed the weights, so that the comparison means something
+    assert (weights[False] - start).abs().max() > 1e-3
     torch.testing.assert_close(weights[True], weights[False], rtol=1.3e-6, atol=1e-6)
 
 

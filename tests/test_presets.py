@@ -177,3 +177,30 @@ def test_a_resumed_burda_run_goes_on_in_its_stage(tiny_mnist: Path, tmp_path: Pa
     assert [burda_stage(e) for e in range(5)] == [0, 1, 1, 1, 2]
     saved = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["lr_schedulers"][0]
     assert saved["last_epoch"] == 5
+
+
+def test_the_cpu_hour_preset_trains_its_model(tiny_mnist: Path, tmp_path: Path) -> None:
+    """experiment=cpu_hour: 400 ReLU units, 40 latents, the VampPrior, batches of 256, a cosine
+    schedule over its epochs, and at most an hour."""
+    cfg = compose_train(["experiment=cpu_hour", f"data.data_dir={tiny_mnist}"], tmp_path)
+    assert (cfg.trainer.max_epochs, cfg.trainer.max_time) == (500, "00:01:00:00")
+    assert cfg.model.scheduler.T_max == 500
+    cfg = compose_train(
+        [
+            "experiment=cpu_hour",
+            f"data.data_dir={tiny_mnist}",
+            *QUICK,
+            "model.prior.num_components=5",
+        ],
+        tmp_path,
+    )
+    check_types(cfg)
+    assert cfg.data.binarize == "dynamic" and cfg.data.batch_size == 256
+    assert train(cfg) > 0
+    model, _ = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    for network in (model.encoder, model.decoder):
+        assert mlp_layers(network) == ([400], {"ReLU"})
+    assert model.hparams.latent_size == 40 and model.hparams.kl_warmup_epochs == 10
+    assert type(model.prior).__name__ == "VampPrior"
+    logged = [event.value for event in read_events(tmp_path).Scalars("lr-Adam")]
+    assert logged == pytest.approx([1e-3, 5e-4])  # cosine over the 2 epochs of this run

@@ -3,6 +3,7 @@
 import csv
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ def status(job: Path) -> str:
 def test_joblib_runs_two_jobs_in_parallel(tiny_mnist: Path, tmp_path: Path) -> None:
     result = run_train(
         "-m",
-        "hydra/launcher=joblib",
+        "hydra/launcher=cpu_parallel",
         "hydra.launcher.n_jobs=2",
         f"hydra.sweep.dir={tmp_path}",
         f"data.data_dir={tiny_mnist}",
@@ -36,6 +37,11 @@ def test_joblib_runs_two_jobs_in_parallel(tiny_mnist: Path, tmp_path: Path) -> N
     assert result.returncode == 0, result.stderr
     assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr
     assert [status(job) for job in jobs(tmp_path)] == ["completed", "completed"]
+    # each job's torch takes its share of the cores (joblib sets OMP_NUM_THREADS in workers)
+    threads = [
+        json.loads((job / "metrics.json").read_text())["torch_threads"] for job in jobs(tmp_path)
+    ]
+    assert threads == [max(1, os.cpu_count() // 2)] * 2
     # a group's override names its job's folder without nesting it: model/prior -> model.prior
     names = [job.name for job in jobs(tmp_path)]  # the folders right below the sweep's
     assert (

@@ -102,8 +102,8 @@ class VampPrior(MixturePrior):
     pseudo-inputs u_k, encoded by the VAE's own encoder.
 
     The pseudo-inputs are kept in [0, 1] by a hard tanh and start near 0.05, just inside it,
-    where the hard tanh passes gradients. A conditional VAE's encoder is given an all-zero condition for
-    them, so that p(z), as with the other priors, does not depend on the label.
+    where the hard tanh passes gradients. A conditional VAE's encoder is given an all-zero
+    condition for them, so that p(z), as with the other priors, does not depend on the label.
     """
 
     def __init__(

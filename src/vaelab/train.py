@@ -99,6 +99,7 @@ def write_summary(cfg: DictConfig, status: str, start: float, **fields: Any) -> 
         "status": status,
         "overrides": list(HydraConfig.get().overrides.task),
         "wall_seconds": time.perf_counter() - start,
+        "torch_threads": torch.get_num_threads(),  # hydra/launcher=cpu_parallel: one per job
         **fields,
     }
     (Path(cfg.output_dir) / "metrics.json").write_text(json.dumps(summary, indent=2))

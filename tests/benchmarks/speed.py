@@ -1,16 +1,21 @@
-"""Time this project's training against a bare PyTorch loop and the usual DataLoader recipe.
+"""Time this project's training against bare PyTorch loops and the usual DataLoader recipe.
 
-    python scripts/benchmark.py --data-dir ../shared/data            # 5 epochs, 3 repeats
-    python scripts/benchmark.py --quick --data-dir tests/tiny_data   # a smoke run
+    python tests/benchmarks/speed.py --data-dir ../shared/data            # 5 epochs, 3 repeats
+    python tests/benchmarks/speed.py --quick --data-dir tests/tiny_data   # a smoke run
 
-Each variant runs in a fresh process, in turn, so that all see the same machine load:
+A measurement harness, not a user tool. Each variant runs in a fresh process, in turn, so
+that all see the same machine load:
   (a) project: `python train.py` as a user runs it (validation, images, checkpoints, test);
-  (b) bare: a loop over the same in-memory tensors with the same network, the floor;
+  (b) bare: a loop over the same in-memory tensors with the same network and torch's default
+      Adam, as the public PyTorch VAE example has it;
+  (e) floor: the bare loop with the fastest settings torch offers for it here (fused Adam);
   (c) recipe: torchvision MNIST + ToTensor + DataLoader, sigmoid + binary_cross_entropy,
       as in the public PyTorch VAE example;
   (d) step_cost, once: Lightning's cost per step, its steps and bare ones taking turns.
-Seconds per epoch count training and validation; `wall` is the whole process, start-up
-included. Results go to `--out` as JSON and Markdown.
+Seconds per epoch count training and validation; `wall` is the whole process; `start-up` is
+the time from the process's start to its first epoch's end, less one typical epoch. GFLOP/s
+count the network's matrix products (training and validation) per second of an epoch.
+Results go to `--out` as JSON and Markdown.
 """
 
 import argparse
@@ -24,27 +29,48 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BATCH_SIZE, LR = 128, 1e-3
 
 
-def bare_loop(data_dir: str, epochs: int, val_size: int, device: str) -> dict:
-    """(b): the floor. Same data split, network, loss and optimizer as the project's default."""
+def mnist_splits(data_dir: str, val_size: int, device: str) -> tuple:
+    """Train, val and test images as the project's DataModule splits them, on `device`."""
+    from vaelab.data import MNISTDataModule
+
+    data = MNISTDataModule(data_dir, val_size=val_size)
+    data.setup("fit")
+    return tuple(x.to(device) for x in (data.train_images, data.val_images, data.test_images))
+
+
+def matmul_flop(train_images: int, val_images: int) -> float:
+    """FLOP of an epoch's matrix products in the default network: per image, 2 * inputs *
+    outputs per Linear forward, twice that backward (weights' and inputs' gradients), but no
+    input gradient for the first layer (the image needs none)."""
     import torch
-    from torchvision.datasets import MNIST
+
+    from vaelab.module import VAEModule
+
+    layers = [m for m in VAEModule().modules() if isinstance(m, torch.nn.Linear)]
+    forward = sum(2 * m.in_features * m.out_features for m in layers)
+    first = layers[0]  # the encoder's first layer, which reads the image
+    train = 3 * forward - 2 * first.in_features * first.out_features
+    return train * train_images + forward * val_images
+
+
+def bare_loop(data_dir: str, epochs: int, val_size: int, device: str, fused: bool) -> dict:
+    """(b) and (e): the same data split, network and loss as the project's default, with
+    torch's default Adam (b) or its fused kernel (e)."""
+    import torch
 
     from vaelab.losses import bernoulli_nll, gaussian_kl
     from vaelab.networks import MLPDecoder, MLPEncoder, reparameterize
 
     torch.manual_seed(0)
-    images = MNIST(data_dir, train=True).data.unsqueeze(1).float().div(255).to(device)
-    split = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
-    val, train = images[split[:val_size]], images[split[val_size:]]
-    test = MNIST(data_dir, train=False).data.unsqueeze(1).float().div(255).to(device)
+    train, val, test = mnist_splits(data_dir, val_size, device)
     encoder = MLPEncoder((1, 28, 28), 20, hidden_sizes=[400]).to(device)
     decoder = MLPDecoder((1, 28, 28), 20, hidden_sizes=[400]).to(device)
     params = [*encoder.parameters(), *decoder.parameters()]
-    optimizer = torch.optim.Adam(params, lr=LR)
+    optimizer = torch.optim.Adam(params, lr=LR, fused=fused or None)
 
     def loss_of(x: torch.Tensor) -> torch.Tensor:
         mean, logvar = encoder(x)
@@ -55,7 +81,7 @@ def bare_loop(data_dir: str, epochs: int, val_size: int, device: str) -> dict:
     def evaluate(data: torch.Tensor) -> float:
         return sum(loss_of(x).item() * len(x) for x in data.split(1000)) / len(data)
 
-    epoch_seconds = []
+    epoch_seconds, first_epoch_end = [], None
     for _ in range(epochs):
         start = time.perf_counter()
         for idx in torch.randperm(len(train), device=device).split(BATCH_SIZE):
@@ -65,7 +91,9 @@ def bare_loop(data_dir: str, epochs: int, val_size: int, device: str) -> dict:
             optimizer.step()
         evaluate(val)
         epoch_seconds.append(time.perf_counter() - start)
-    return {"epoch_seconds": epoch_seconds, "test_loss": evaluate(test)}
+        first_epoch_end = first_epoch_end or time.time()
+    result = {"epoch_seconds": epoch_seconds, "first_epoch_end": first_epoch_end}
+    return {**result, "test_loss": evaluate(test), "train_images": len(train)}
 
 
 def usual_recipe(data_dir: str, epochs: int, val_size: int, device: str) -> dict:
@@ -116,7 +144,7 @@ def usual_recipe(data_dir: str, epochs: int, val_size: int, device: str) -> dict
             total += loss_function(recon, x, mu, logvar).item()
         return total / len(loader.dataset)
 
-    epoch_seconds = []
+    epoch_seconds, first_epoch_end = [], None
     for _ in range(epochs):
         start, train_loss = time.perf_counter(), 0.0
         model.train()
@@ -131,7 +159,9 @@ def usual_recipe(data_dir: str, epochs: int, val_size: int, device: str) -> dict
         model.eval()
         evaluate(val_loader)
         epoch_seconds.append(time.perf_counter() - start)
-    return {"epoch_seconds": epoch_seconds, "test_loss": evaluate(test_loader)}
+        first_epoch_end = first_epoch_end or time.time()
+    result = {"epoch_seconds": epoch_seconds, "first_epoch_end": first_epoch_end}
+    return {**result, "test_loss": evaluate(test_loader)}
 
 
 def step_cost(data_dir: str, epochs: int, val_size: int, device: str) -> dict:
@@ -197,7 +227,8 @@ def step_cost(data_dir: str, epochs: int, val_size: int, device: str) -> dict:
 
 
 WORKERS = {
-    "bare": bare_loop,
+    "bare": lambda *args: bare_loop(*args, fused=False),
+    "floor": lambda *args: bare_loop(*args, fused=True),
     "recipe": usual_recipe,
     "step_cost": step_cost,
 }
@@ -242,7 +273,7 @@ def run(variant: str, args: argparse.Namespace, work: Path) -> dict:
             "--out",
             str(result_file),
         ]
-    start = time.perf_counter()
+    started, start = time.time(), time.perf_counter()
     with open(work / f"{variant}.log", "w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         _, status, usage = os.wait4(process.pid, 0)
@@ -253,6 +284,10 @@ def run(variant: str, args: argparse.Namespace, work: Path) -> dict:
         result = _read_project_run(work / variant)
     else:
         result = json.loads(result_file.read_text())
+    if "epoch_seconds" in result:  # the time to the first epoch's end, less a typical epoch
+        skip = 0 if variant in PROJECT_VARIANTS else 1  # see summarize
+        epoch = statistics.median(result["epoch_seconds"][skip:])
+        result["startup_seconds"] = result.pop("first_epoch_end") - started - epoch
     return {**result, "wall": wall, "peak_rss_mib": usage.ru_maxrss / 1024}
 
 
@@ -265,6 +300,7 @@ def _read_project_run(run_dir: Path) -> dict:
     ends = [event.wall_time for event in events.Scalars("train/loss")]
     return {
         "epoch_seconds": [b - a for a, b in zip(ends, ends[1:], strict=False)],
+        "first_epoch_end": ends[0],
         "test_loss": events.Scalars("test/loss")[-1].value,
     }
 
@@ -272,18 +308,22 @@ def _read_project_run(run_dir: Path) -> dict:
 def summarize(runs: dict[str, list[dict]], args: argparse.Namespace) -> dict:
     """Medians over repeats; per-epoch figures skip each run's first epoch (warm-up)."""
     rows = {}
+    train_images = runs["bare"][0]["train_images"]
+    flop = matmul_flop(train_images, args.val_size)
     for variant, results in runs.items():
         # the project's lists already start at the second epoch (differences of epoch ends)
         skip = 0 if variant in PROJECT_VARIANTS else 1
         epoch = statistics.median(s for r in results for s in r["epoch_seconds"][skip:])
         rows[variant] = {
             "seconds_per_epoch": epoch,
-            "samples_per_second": (60_000 - args.val_size) / epoch,
+            "samples_per_second": train_images / epoch,
+            "gflop_per_second": flop / epoch / 1e9,
+            "startup_seconds": statistics.median(r["startup_seconds"] for r in results),
             "wall_seconds": statistics.median(r["wall"] for r in results),
             "peak_rss_mib": max(r["peak_rss_mib"] for r in results),
             "test_loss": statistics.median(r["test_loss"] for r in results),
         }
-    a, b, c = rows["project"], rows["bare"], rows["recipe"]
+    a, b, c, e = rows["project"], rows["bare"], rows["recipe"], rows["floor"]
     return {
         "machine": f"{platform.node()}: {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores, Python {platform.python_version()}",
@@ -294,9 +334,13 @@ def summarize(runs: dict[str, list[dict]], args: argparse.Namespace) -> dict:
         "ratios": {
             "project/bare seconds per epoch": a["seconds_per_epoch"] / b["seconds_per_epoch"],
             "project/bare wall": a["wall_seconds"] / b["wall_seconds"],
+            "project/floor seconds per epoch": a["seconds_per_epoch"] / e["seconds_per_epoch"],
+            "project/floor wall": a["wall_seconds"] / e["wall_seconds"],
             "recipe/project seconds per epoch": c["seconds_per_epoch"] / a["seconds_per_epoch"],
             "project - bare test loss": a["test_loss"] - b["test_loss"],
         },
+        "matmul_gflop_per_epoch": flop / 1e9,
+        "matmul_mflop_per_training_step": matmul_flop(BATCH_SIZE, 0) / 1e6,
     }
 
 
@@ -305,15 +349,20 @@ def markdown(summary: dict) -> str:
         f"{summary['epochs']} epochs, {summary['repeats']} repeats, device {summary['device']}; "
         f"{summary['machine']}",
         "",
-        "| variant | s/epoch | samples/s | wall s | peak MiB | test loss |",
-        "|---|---|---|---|---|---|",
+        "| variant | s/epoch | samples/s | GFLOP/s | start-up s | wall s | peak MiB | test loss |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, r in summary["variants"].items():
         lines.append(
             f"| {name} | {r['seconds_per_epoch']:.2f} | {r['samples_per_second']:.0f} | "
-            f"{r['wall_seconds']:.1f} | {r['peak_rss_mib']:.0f} | {r['test_loss']:.2f} |"
+            f"{r['gflop_per_second']:.1f} | {r['startup_seconds']:.2f} | {r['wall_seconds']:.1f} | "
+            f"{r['peak_rss_mib']:.0f} | {r['test_loss']:.2f} |"
         )
     lines += ["", *(f"- {k}: {v:.3f}" for k, v in summary["ratios"].items())]
+    lines.append(
+        f"- matrix products: {summary['matmul_mflop_per_training_step']:.0f} MFLOP per training "
+        f"step of {BATCH_SIZE}, {summary['matmul_gflop_per_epoch']:.0f} GFLOP per epoch"
+    )
     cost = summary["step_cost"]
     lines.append(
         f"- per step, Lightning's and bare steps taking turns ({cost['steps']} each): "
@@ -345,7 +394,7 @@ def main() -> None:
     if args.quick:
         args.epochs, args.repeats = 2, 1
 
-    names = ["project", "bare", "recipe"]
+    names = ["project", "bare", "floor", "recipe"]
     if args.device == "cuda":
         names += ["project_compile", "project_bf16"]
     runs: dict[str, list[dict]] = {name: [] for name in names}
