@@ -1,10 +1,14 @@
 """The evaluation's statistics: the standard error of a mean, and the active units."""
 
 import math
+from pathlib import Path
 
+import lightning as L
 import numpy as np
 import torch
 
+from vaelab.callbacks import ActiveUnits
+from vaelab.data import MNISTDataModule
 from vaelab.metrics import active_units, standard_error
 from vaelab.module import VAEModule
 
@@ -29,3 +33,20 @@ def test_active_units_counts_the_dimensions_the_encoder_uses() -> None:
     assert (variances[[1, 3]] == 0).all() and (variances[[0, 2, 4, 5]] > 0.01).all()
     assert active_units(means) == 4
     assert active_units(means, threshold=variances.max().item()) == 0  # strictly above it
+
+
+def test_active_units_are_logged_after_each_validation(tiny_mnist: Path) -> None:
+    """The callback counts on the validation images what `active_units` counts directly."""
+    torch.manual_seed(0)
+    model = VAEModule(latent_size=6)
+    with torch.no_grad():
+        model.encoder.mean.weight.mul_(20)
+        model.encoder.mean.weight[[1, 3]] = 0.0
+    data = MNISTDataModule(str(tiny_mnist), val_size=64, eval_batch_size=32)
+    trainer = L.Trainer(
+        callbacks=[ActiveUnits()], logger=False, enable_progress_bar=False, accelerator="cpu"
+    )
+    trainer.validate(model, datamodule=data, verbose=False)
+    expected = active_units(model.encode(data.val_images)[0].detach())
+    assert expected == 4  # the two ignored dimensions are not active
+    assert trainer.callback_metrics["val/active_units"].item() == expected
