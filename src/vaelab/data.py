@@ -8,9 +8,15 @@ from torch import Tensor
 
 from vaelab import UserError, require
 from vaelab.batches import InMemoryBatches
-from vaelab.datasets import FASHION_MNIST, KMNIST, MNIST, IDXImageSet, load_image_file
+from vaelab.datasets import (
+    FASHION_MNIST,
+    KMNIST,
+    MNIST,
+    IDXImageSet,
+    load_image_file,
+    split_off,
+)
 
-SPLIT_SEED = 0  # held-out splits never change with the run's seed, so val losses compare
 BINARIZE = ("none", "dynamic")
 # With binarize=dynamic, val and test are drawn once from these seeds: the same in every run.
 VAL_BINARIZE_SEED, TEST_BINARIZE_SEED = 1, 2
@@ -78,8 +84,7 @@ class ImageDataModule(L.LightningDataModule):
         # Under DDP each process serves its shard of every split; metrics are summed over all.
         if trainer:
             self.shard = {"rank": trainer.global_rank, "world_size": trainer.world_size}
-        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(SPLIT_SEED))
-        val, train = order[: self.val_size], order[self.val_size :]
+        val, train = split_off(len(images), self.val_size)
         self.train_images, self.train_labels = images[train].to(device), labels[train].to(device)
         self.val_images, self.val_labels = images[val].to(device), labels[val].to(device)
         self.test_images, self.test_labels = test_images.to(device), test_labels.to(device)
@@ -220,8 +225,7 @@ class TensorDataModule(ImageDataModule):
         self.num_classes = 0 if labels is None else int(labels.max()) + 1
         self.save_hyperparameters()
         labels = torch.full((n,), -1) if labels is None else labels
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
-        test, rest = order[:test_size], order[test_size:]
+        test, rest = split_off(n, test_size)
         self._split_from, self._test = (images[rest], labels[rest]), (images[test], labels[test])
 
     def _read(self) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:

@@ -32,6 +32,15 @@ IDX_SIZES = {
 }
 
 
+SPLIT_SEED = 0  # held-out splits never change with the run's seed, so val losses compare
+
+
+def split_off(count: int, size: int) -> tuple[Tensor, Tensor]:
+    """The indices of `size` images held out of `count` by a fixed seed, and of the rest."""
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(SPLIT_SEED))
+    return order[:size], order[size:]
+
+
 @dataclass(frozen=True)
 class IDXImageSet:
     """An image set in MNIST's IDX format and torchvision's layout, <data_dir>/<folder>/raw/."""

@@ -34,12 +34,16 @@ BATCH_SIZE, LR = 128, 1e-3
 
 
 def mnist_splits(data_dir: str, val_size: int, device: str) -> tuple:
-    """Train, val and test images as the project's DataModule splits them, on `device`."""
-    from vaelab.data import MNISTDataModule
+    """Train, val and test images as the project's DataModule reads and splits them, on
+    `device`; through `vaelab.datasets`, which needs no Lightning (its import would count in
+    the bare loops' start-up)."""
+    from vaelab.datasets import MNIST, split_off
 
-    data = MNISTDataModule(data_dir, val_size=val_size)
-    data.setup("fit")
-    return tuple(x.to(device) for x in (data.train_images, data.val_images, data.test_images))
+    raw_dir = MNIST.raw_dir(data_dir)
+    MNIST.verify(raw_dir)
+    (images, _), (test, _) = MNIST.load(raw_dir, "train"), MNIST.load(raw_dir, "t10k")
+    val, train = split_off(len(images), val_size)
+    return tuple(x.to(device) for x in (images[train], images[val], test))
 
 
 def matmul_flop(train_images: int, val_images: int) -> float:
