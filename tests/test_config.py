@@ -62,6 +62,7 @@ EXPERIMENTS = {
             "betas": [0.9, 0.999],
             "eps": 1e-4,
             "weight_decay": 0.0,
+            "fused": True,  # torch's fused kernel: the same update
         },
         "model.scheduler": {  # lr 1e-3 * 10^(-i/7) for 3^i epochs, i = 0 ... 7
             "_target_": "vaelab.schedules.StagedLR",
@@ -92,6 +93,21 @@ EXPERIMENTS = {
         "data.binarize": "dynamic",
         "trainer.max_epochs": 2000,
         "callbacks.early_stopping.patience": 50,
+    },
+    "cpu_hour": {
+        "model.prior": {"_target_": "vaelab.priors.VampPrior", "num_components": 500},
+        "model.scheduler": {
+            "_target_": "torch.optim.lr_scheduler.CosineAnnealingLR",
+            "T_max": 500,
+            "eta_min": 0.0,
+        },
+        "model.latent_size": 40,
+        "model.kl_warmup_epochs": 10,
+        "model.lr": 0.001,
+        "data.batch_size": 256,
+        "data.binarize": "dynamic",
+        "trainer.max_epochs": 500,
+        "trainer.max_time": "00:01:00:00",
     },
     "vampprior2018_standard": {
         "model.prior": {"_target_": "vaelab.priors.StandardNormal"},
