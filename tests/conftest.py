@@ -11,6 +11,25 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+# The slowest files first (measured with --durations=0): pytest-xdist hands out whole files
+# (--dist loadfile, and --no-loadscope-reorder keeps this order instead of sorting files by
+# their number of tests), so both workers end on short files and finish together.
+SLOWEST_FILES = (
+    "test_scripts.py",
+    "test_reliability.py",
+    "test_parts.py",
+    "test_sweeps.py",
+    "test_train.py",
+    "test_variants.py",
+    "test_benchmark.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(SLOWEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable within files
+
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY_TRAIN, TINY_TEST = 320, 160
 # Overrides that fit the tiny data and keep runs short and quiet.
