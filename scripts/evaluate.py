@@ -5,7 +5,8 @@
 
 Settings: conf/evaluate.yaml. The test data is prepared as in the run (e.g. `binarize`),
 from the settings saved in the checkpoint. Prints a table, adds the numbers to the run's
-metrics.json under "evaluation", and logs test/nll_iw to the run's TensorBoard.
+metrics.json under "evaluation", and logs test/nll_iw to the run's TensorBoard. A model
+that is not finite (NaN weights) gets null metrics and fails with a message saying so.
 """
 
 import json
@@ -15,7 +16,7 @@ import math
 import hydra
 from omegaconf import DictConfig
 
-from vaelab import require
+from vaelab import UserError, require
 
 DEVICES = {"auto": "auto", "cpu": "cpu", "cuda": "gpu"}  # ours -> Lightning's accelerator
 
@@ -41,8 +42,8 @@ def main(cfg: DictConfig) -> dict[str, float]:
     checkpoint_path, run_dir = find_checkpoint(cfg.ckpt_path, cfg.run_dir)
     gpu = torch.cuda.is_available()
     require(gpu or cfg.device != "cuda", "device", cfg.device, "no GPU is visible; use auto or cpu")
-    model, checkpoint = load_checkpoint(checkpoint_path)
-    data = load_datamodule(checkpoint, where_data(cfg), eval_batch_size=cfg.batch_size)
+    model, checkpoint = load_checkpoint(checkpoint_path, trust=cfg.trust)
+    data = load_datamodule(checkpoint, where_data(cfg), cfg.trust, eval_batch_size=cfg.batch_size)
 
     # The ELBO's terms, as in training: the module's test step, through a Trainer.
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no device report
@@ -98,6 +99,7 @@ def main(cfg: DictConfig) -> dict[str, float]:
         print(f"{name:<16} {value:>9.3f}  {units.get(name, 'nats per image')}")
 
     step = checkpoint["global_step"]
+    finite = {name: value for name, value in metrics.items() if math.isfinite(value)}
     summary_path = run_dir / "metrics.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     summary["evaluation"] = {
@@ -110,9 +112,17 @@ def main(cfg: DictConfig) -> dict[str, float]:
         "prior": prior,
         "conditional": conditional,
         "test_images": count,
-        "metrics": metrics,
+        "metrics": {name: finite.get(name) for name in metrics},  # JSON has no NaN: null
     }
     summary_path.write_text(json.dumps(summary, indent=2))
+    if len(finite) < len(metrics):
+        nan = [name for name, t in model.state_dict().items() if not t.isfinite().all()]
+        more = f" and {len(nan) - 1} more weights" if len(nan) > 1 else ""
+        why = f"NaN or inf in {nan[0]}{more}" if nan else "in its outputs, not its weights"
+        raise UserError(
+            f"the model in {checkpoint_path} is not finite ({why}): its metrics are written as "
+            f"null to {summary_path}; evaluate an earlier checkpoint of the run"
+        )
     with SummaryWriter(run_dir) as writer:
         for name in ("test/nll_iw", "test/nll_iw_bpd", "test/active_units"):  # ELBO's: there
             writer.add_scalar(name, metrics[name], step)

@@ -45,9 +45,9 @@ def main(cfg: DictConfig) -> None:
     )
 
     checkpoint_path, run_dir = find_checkpoint(cfg.ckpt_path, cfg.run_dir)
-    model, checkpoint = load_checkpoint(checkpoint_path)
+    model, checkpoint = load_checkpoint(checkpoint_path, trust=cfg.trust)
     model.eval()
-    data = load_datamodule(checkpoint, where_data(cfg))
+    data = load_datamodule(checkpoint, where_data(cfg), cfg.trust)
     data.prepare_data()  # as in training: downloaded if missing, else the same message
     data.setup("test")
     images, labels = data.test_images, data.test_labels  # (N, C, H, W), (N,)

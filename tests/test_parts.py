@@ -173,8 +173,9 @@ def test_a_prior_of_ones_own_as_the_readme_shows(tiny_mnist: Path, tmp_path: Pat
         env=env,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    trust = f"trust=[{Path(module).stem}]"  # loading builds a part of one's own only if trusted
     result = run_script(
-        "evaluate", f"run_dir={run_dir}", f"data_dir={tiny_mnist}", "iw_samples=5", env=env
+        "evaluate", f"run_dir={run_dir}", f"data_dir={tiny_mnist}", "iw_samples=5", trust, env=env
     )
     assert result.returncode == 0, result.stderr[-3000:]
     evaluation = json.loads((run_dir / "metrics.json").read_text())["evaluation"]

@@ -1,8 +1,9 @@
 """Reading checkpoints safely: the model and the data of a trained run, and which file to read."""
 
-import importlib
 import os
 import pickle
+import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,9 @@ from omegaconf import DictConfig
 from vaelab import UserError
 from vaelab.data import ImageDataModule
 from vaelab.module import VAEModule
+from vaelab.parts import NESTED, Role, check_targets, resolve, targets
+
+DATAMODULE = Role(("vaelab.data",), ImageDataModule, "vaelab.data.ImageDataModule")
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -21,13 +25,16 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     except FileNotFoundError:
         raise UserError(f"the checkpoint {path} does not exist") from None
     except pickle.UnpicklingError as err:  # torch's message would advise weights_only=False
+        # A pickle naming a function or class to call: torch 2.14 words it "Unsupported
+        # global: GLOBAL x.y was not an allowed global" or "unsupported GLOBAL x.y whose
+        # module x is blocked".
+        if code := re.search(r"GLOBAL ([\w.]+)", str(err)):
+            raise UserError(
+                f"{path} is not a checkpoint of this project: it was refused because it holds "
+                f"code (it calls {code[1]}), which loading a checkpoint never runs"
+            ) from None
         reason = str(err).partition("WeightsUnpickler error:")[2].strip()
         detail = reason.partition("\n")[0].partition(". ")[0]  # without torch's advice
-        if detail.startswith("Unsupported global"):  # a real pickle, holding more than data
-            raise UserError(
-                f"{path} is not a checkpoint of this project: it holds Python objects that "
-                f"safe loading refuses ({detail})"
-            ) from None
         why = f" ({detail})" if detail else ""
         raise UserError(
             f"{path} is not a readable checkpoint: not a file torch.save wrote, or damaged{why}"
@@ -56,6 +63,16 @@ def check_checkpoint(path: str | os.PathLike, model: VAEModule) -> None:
             f"{path} holds a model of another shape ({'; '.join(differences) or 'other layers'}). "
             "Resume with the settings it was trained with, or start a new run."
         )
+    # The rest of the optimizer's settings, the lr and the schedule may change on a resume
+    # (VAEModule.follow_config_schedule); its state belongs to its class.
+    trained = checkpoint.get("hyper_parameters", {}).get("optimizer", {}).get("_target_")
+    asked = model.hparams.optimizer.get("_target_")
+    if trained and asked != trained:
+        raise UserError(
+            f"{path} was trained with the optimizer {trained}, and this run asks for {asked}: "
+            "its state (e.g. Adam's moments) does not carry over to another optimizer. Resume "
+            "with the run's own model/optimizer, or start a new run."
+        )
 
 
 def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -70,37 +87,102 @@ def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def load_checkpoint(
-    path: str | os.PathLike, device: str | torch.device = "cpu"
+    path: str | os.PathLike, device: str | torch.device = "cpu", trust: Sequence[str] = ()
 ) -> tuple[VAEModule, dict[str, Any]]:
-    """A trained VAEModule for inference, and the checkpoint it came from, read once."""
+    """A trained VAEModule for inference, and the checkpoint it came from, read once.
+
+    Every `_target_` the file names, of the model and of the DataModule, is checked before
+    anything is imported (`vaelab.parts.resolve`): only vaelab's parts and DataModules, torch's
+    optimizers and schedulers, and classes of the modules in `trust` (e.g. ["my_priors"]) load.
+    """
     checkpoint = read_checkpoint(path)
+    check_targets(str(path), checkpoint.get("hyper_parameters", {}), trust)
+    if datamodule_targets(checkpoint):
+        datamodule_class(str(path), checkpoint, trust)
     try:
         model = VAEModule(**checkpoint["hyper_parameters"])
     except (KeyError, TypeError, ValueError) as err:  # hyperparameters of another version
         raise UserError(
             f"{path} was not written by this version of vaelab's VAEModule ({err}); train it again"
         ) from None
+    if difference := weights_difference(model, checkpoint["state_dict"]):
+        raise UserError(
+            f"{path} holds weights that do not fit its own hyperparameters ({difference}): "
+            "the file was changed after training, or is damaged; train it again"
+        )
     model.load_state_dict(checkpoint["state_dict"])
     return model.to(device), checkpoint
 
 
-def load_datamodule(
-    checkpoint: dict[str, Any], where: dict[str, str], **settings: Any
-) -> ImageDataModule:
-    """The DataModule of the run that wrote `checkpoint`, reading its data from `where`
-    (data_dir or path, whichever it takes) and with `settings` replacing its own."""
-    targets = [
+def weights_difference(model: VAEModule, state_dict: Any) -> str | None:
+    """The first way in which `state_dict` does not fit `model`'s layers, or None."""
+    if not isinstance(state_dict, dict) or not all(
+        isinstance(t, torch.Tensor) for t in state_dict.values()
+    ):
+        return "its state_dict is not a dict of tensors"
+    ours = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    theirs = {name: tuple(t.shape) for name, t in state_dict.items()}
+    for name in sorted(ours.keys() | theirs.keys()):
+        if name not in theirs:
+            return f"{name} is missing"
+        if name not in ours:
+            return f"{name} is not a weight of that model"
+        if ours[name] != theirs[name]:
+            return f"{name} has shape {theirs[name]}, the model's {ours[name]}"
+    return None
+
+
+def datamodule_targets(checkpoint: dict[str, Any]) -> list[Any]:
+    """What ImageDataModule.state_dict saved, under the DataModule's class name: its class."""
+    return [
         value["_target_"]
         for value in checkpoint.values()
         if isinstance(value, dict) and set(value) == {"_target_"}
-    ]  # what ImageDataModule.state_dict saved, under the DataModule's class name
-    if len(targets) != 1:
-        raise UserError("the checkpoint does not say which DataModule made it; train it again")
-    module_name, _, class_name = targets[0].rpartition(".")
-    cls = getattr(importlib.import_module(module_name), class_name)
+    ]
+
+
+def datamodule_class(
+    source: str, checkpoint: dict[str, Any], trust: Sequence[str] = ()
+) -> type[ImageDataModule]:
+    """The DataModule class that `checkpoint` (read from `source`) names, if loading may build
+    it: vaelab's, or one of a module in `trust`; so too any `_target_` in its settings."""
+    found = datamodule_targets(checkpoint)
+    if len(found) != 1:
+        raise UserError(f"{source} does not say which DataModule made it; train it again")
+    cls = resolve(source, "data", found[0], DATAMODULE, trust)
+    for name, nested in targets(checkpoint.get("datamodule_hyper_parameters", {}), "data."):
+        resolve(source, name, nested, NESTED, trust)
+    return cls
+
+
+def load_datamodule(
+    checkpoint: dict[str, Any],
+    where: dict[str, str],
+    trust: Sequence[str] = (),
+    **settings: Any,
+) -> ImageDataModule:
+    """The DataModule of the run that wrote `checkpoint`, reading its data from `where`
+    (data_dir or path, whichever it takes) and with `settings` replacing its own; its class
+    is checked as `load_checkpoint` checks it. A UserError if the data does not fit the model.
+    """
+    cls = datamodule_class("the checkpoint", checkpoint, trust)
     hparams = checkpoint["datamodule_hyper_parameters"]
     where = {key: value for key, value in where.items() if key in hparams}
-    return cls(**{**hparams, **where, **settings})
+    data = cls(**{**hparams, **where, **settings})
+    model = checkpoint["hyper_parameters"]
+    named = f"data.path={where['path']}" if "path" in where else "the data"
+    trained, given = tuple(model["image_shape"]), tuple(data.image_shape)
+    if given != trained:
+        raise UserError(
+            f"{named} holds images of shape {given}, but the model was trained on {trained} "
+            f"(channels, height, width): give it images of shape {trained}"
+        )
+    if model["conditional"] and data.num_classes != model["num_classes"]:
+        raise UserError(
+            f"{named} holds {data.num_classes} classes of labels, but this conditional model "
+            f"was trained on {model['num_classes']}: give it data labelled as in training"
+        )
+    return data
 
 
 def where_data(cfg: DictConfig) -> dict[str, str]:
