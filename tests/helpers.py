@@ -1,13 +1,19 @@
 """Test-only pieces that a run can be told to use through its config (`_target_`)."""
 
+import builtins
 import hashlib
+import io
 import json
 import os
 import signal
+import time
+import types
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import timer
 from torch import Tensor
 
 from vaelab.module import VAEModule
@@ -71,3 +77,121 @@ class RecordExamples(L.Callback):
         name = f"seen-epoch{trainer.current_epoch}-rank{trainer.global_rank}.json"
         (self.folder / name).write_text(json.dumps(self.seen))
         self.seen = []
+
+
+class KillDuringSave(L.Callback):
+    """SIGKILL this process while it writes a `last.ckpt...` file for the `nth` time: as the
+    file is opened (`at="open"`), or once it is written and closed (`at="close"`). Every file
+    so named counts, the checkpoint itself and any temporary file named after it."""
+
+    def __init__(self, nth: int = 2, at: str = "open") -> None:
+        self.nth, self.at, self.opened = nth, at, 0
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        real_open = builtins.open
+
+        def open_and_kill(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+            named = isinstance(file, str | os.PathLike)
+            if named and "w" in mode and Path(file).name.startswith("last.ckpt"):
+                self.opened += 1
+                if self.opened == self.nth and self.at == "open":
+                    real_open(file, mode, *args, **kwargs)  # created, or emptied
+                    os.kill(os.getpid(), signal.SIGKILL)
+                if self.opened == self.nth:
+                    return io.BufferedWriter(KilledOnClose(file, "w"))
+            return real_open(file, mode, *args, **kwargs)
+
+        builtins.open = open_and_kill
+
+
+class KilledOnClose(io.FileIO):
+    """A file written as any other, whose closing SIGKILLs this process."""
+
+    def close(self) -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class ClockJumpAtStep(L.Callback):
+    """Move the clock of Lightning's Timer (`trainer.max_time`) `seconds` on before training
+    step `step`, as if the step took that long; no other clock changes."""
+
+    def __init__(self, step: int, seconds: float) -> None:
+        self.step, self.seconds, self.offset = step, seconds, 0.0
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        real = time.monotonic
+        timer.time = types.SimpleNamespace(monotonic=lambda: real() + self.offset)
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: object) -> None:
+        if trainer.global_step == self.step:
+            self.offset += self.seconds
+
+
+class RecordSchedule(L.Callback):
+    """Write `schedule.json` into `folder` when training ends: each batch's epoch, optimizer
+    step and KL weight, and each checkpoint saved, by file name and optimizer step."""
+
+    def __init__(self, folder: str) -> None:
+        self.path = Path(folder) / "schedule.json"
+        self.batches: list[tuple[int, int, float]] = []
+        self.saves: list[tuple[str, int]] = []
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        save = trainer.save_checkpoint
+
+        def record_and_save(filepath: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
+            self.saves.append((Path(filepath).name, trainer.global_step))
+            save(filepath, *args, **kwargs)
+
+        trainer.save_checkpoint = record_and_save
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: VAEModule, *args: object) -> None:
+        weight = pl_module.current_kl_weight()
+        self.batches.append((trainer.current_epoch, trainer.global_step, weight))
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.path.write_text(json.dumps({"batches": self.batches, "saves": self.saves}))
+
+
+class SignalAtEvaluation(L.Callback):
+    """Copy last.ckpt to `copy_to` as training left it, then send this process a signal as the
+    first batch of the test (`stage="test"`) or of fit's validation (`"val"`) in `epoch` starts."""
+
+    def __init__(
+        self,
+        dirpath: str,
+        copy_to: str,
+        stage: str = "test",
+        epoch: int = 0,
+        signal_name: str = "SIGINT",
+    ) -> None:
+        self.last, self.copy_to = Path(dirpath) / "last.ckpt", Path(copy_to)
+        self.stage, self.epoch, self.signal = stage, epoch, getattr(signal, signal_name)
+
+    def on_validation_batch_start(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        in_fit = not trainer.sanity_checking and trainer.current_epoch == self.epoch
+        if self.stage == "val" and in_fit and batch_idx == 0:
+            self.copy_and_signal()
+
+    def on_test_batch_start(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if self.stage == "test" and batch_idx == 0:
+            self.copy_and_signal()
+
+    def copy_and_signal(self) -> None:
+        if self.last.exists():
+            self.copy_to.write_bytes(self.last.read_bytes())
+        os.kill(os.getpid(), self.signal)

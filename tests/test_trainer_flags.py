@@ -51,6 +51,7 @@ NOT_LIGHTNING_DEFAULTS = {
     "max_epochs",  # 10 here; Lightning's None means 1000
     "default_root_dir",  # the run folder
     "precision",  # 32-true written out: None means it
+    "plugins",  # vaelab's AtomicCheckpointIO: every checkpoint renamed into place
     "deterministic",  # false written out: None means it, and false resets a process's setting
     "accelerator",  # hardware/
     "devices",  # hardware/

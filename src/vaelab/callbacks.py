@@ -8,12 +8,13 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Checkpoint, TQDMProgressBar
 from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 from torchvision.transforms.functional import to_pil_image
 
-from vaelab import UserError
+from vaelab import UserError, require
 from vaelab.metrics import active_units
 from vaelab.pictures import interpolations_grid, pairs_grid, samples_grid
 
@@ -149,8 +150,12 @@ class ImageLogger(L.Callback):
     TAKE_IMAGES = (TensorBoardLogger, WandbLogger, MLFlowLogger)
 
     def __init__(self, num_images: int = 32, num_samples: int = 64, nrow: int = 8) -> None:
-        if num_images % nrow:
-            raise UserError(f"num_images={num_images} must be a multiple of nrow={nrow}")
+        """Args:
+        num_images: at most this many validation images, as many as the first batch holds.
+        """
+        counts = {"num_images": num_images, "num_samples": num_samples, "nrow": nrow}
+        for name, value in counts.items():
+            require(value >= 1, name, value, "use 1 or more")
         self.num_images = num_images
         self.num_samples = num_samples
         self.nrow = nrow
@@ -230,7 +235,9 @@ class LossProgressBar(TQDMProgressBar):
 
 class LastCheckpoint(Checkpoint):
     """`last.ckpt`, the state that `resume=true` continues from: written at the end of each
-    training epoch, every N training steps, and on Ctrl-C or SIGTERM.
+    training epoch, every N optimizer steps, where training stops inside an epoch (at
+    `trainer.max_time` or `max_steps`), and on Ctrl-C or SIGTERM during a training batch
+    (not during validation or the test, where the file is left as training saved it).
 
     One callback for the one file. Lightning's ModelCheckpoint saves either every N steps or
     each epoch, not both; and with its OnExceptionCheckpoint among the callbacks,
@@ -245,6 +252,12 @@ class LastCheckpoint(Checkpoint):
             )
         self.path = os.path.join(dirpath, "last.ckpt")
         self.every_n_train_steps = every_n_train_steps
+        self.step = 0  # the optimizer steps taken by the previous batch's end
+        self.stopped: dict[str, Any] | None = None  # what was saved where training stopped
+        self.saving_stop = False
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.step = trainer.global_step
 
     def on_train_batch_end(
         self,
@@ -254,20 +267,56 @@ class LastCheckpoint(Checkpoint):
         batch: Any,
         batch_idx: int,
     ) -> None:
+        # With trainer.accumulate_grad_batches > 1 only some batches end with an optimizer
+        # step; the others share its global_step, and a state saved there would lack their
+        # accumulated gradients.
+        stepped, self.step = trainer.global_step != self.step, trainer.global_step
         every = self.every_n_train_steps
-        if every and trainer.global_step % every == 0 and not trainer.fast_dev_run:
+        # Not at an epoch's last batch: the save at the epoch's end follows its validation,
+        # and a state saved before that validation resumes past the rest of the run.
+        last_batch = batch_idx + 1 == trainer.num_training_batches
+        periodic = stepped and every and trainer.global_step % every == 0 and not last_batch
+        # Training stops before the epoch's last batch: trainer.max_time's Timer (which runs
+        # before the Checkpoint callbacks) has set should_stop, or max_steps is reached.
+        # Lightning then ends the epoch as if it were complete, and a checkpoint saved at its
+        # end would resume into the next epoch; this one resumes into the rest of this one.
+        stops = trainer.fit_loop.epoch_loop.done and batch_idx + 1 < trainer.num_training_batches
+        if (periodic or stops) and not trainer.fast_dev_run:
+            self.saving_stop = stops
             trainer.save_checkpoint(self.path, weights_only=False)
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        if self.saving_stop:
+            self.stopped, self.saving_stop = checkpoint, False
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # After the epoch's validation, as ModelCheckpoint saves by default: a checkpoint
         # written at validation's end would resume into an empty rest of the epoch.
-        if not trainer.fast_dev_run:
+        if trainer.fast_dev_run:
+            return
+        if self.stopped is None:
             trainer.save_checkpoint(self.path, weights_only=False)
+            return
+        # Stopped inside the epoch: Lightning has validated and ModelCheckpoint may have kept
+        # a new best and deleted the one before, so the state saved at the stop (its tensors,
+        # the model's and optimizer's own, unchanged since) is saved again with the files that
+        # the other Checkpoint callbacks keep now.
+        for callback in trainer.checkpoint_callbacks:
+            if callback is not self and (state := callback.state_dict()):
+                self.stopped["callbacks"][callback.state_key] = state
+        trainer.strategy.save_checkpoint(self.stopped, self.path)
+        self.stopped = None
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
-        if isinstance(exception, KeyboardInterrupt | SIGTERMException):
+        # Only inside a training batch's loop: a state saved in fit's validation fails to
+        # resume, and in the test (after the fit) it holds the tested best weights, no
+        # optimizer state and a wrong epoch. last.ckpt keeps what training saved before.
+        training = trainer.state.fn == TrainerFn.FITTING and trainer.training
+        if isinstance(exception, KeyboardInterrupt | SIGTERMException) and training:
             trainer.save_checkpoint(self.path, weights_only=False)
             rank_zero_info(f"Interrupted: saved {self.path}; resume=true continues from it.")
 
@@ -300,14 +349,16 @@ class DivergenceStop(L.Callback):
     and the last good checkpoint; a diverged state is never saved.
 
     Each step's finiteness is tracked on the device, with no host sync per step, and read
-    every `log_every_n_steps` steps and before every checkpoint is written.
+    every `log_every_n_steps` optimizer steps and before every checkpoint is written.
     """
 
     def __init__(self) -> None:
         self.bad_step = torch.tensor(-1)  # the first step with a non-finite loss, or -1
+        self.step = 0  # the optimizer steps taken by the previous batch's end
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.bad_step = torch.tensor(-1, device=pl_module.device)
+        self.step = trainer.global_step
 
     def on_train_batch_end(
         self,
@@ -317,9 +368,12 @@ class DivergenceStop(L.Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
+        # With trainer.accumulate_grad_batches > 1 a batch without an optimizer step adds its
+        # gradients to the step still to come; the others end the step just taken.
+        stepped, self.step = trainer.global_step != self.step, trainer.global_step
         finite = torch.isfinite(outputs["loss"]) | (self.bad_step >= 0)
-        self.bad_step = torch.where(finite, self.bad_step, trainer.global_step - 1)
-        if trainer.global_step % trainer.log_every_n_steps == 0:
+        self.bad_step = torch.where(finite, self.bad_step, trainer.global_step - stepped)
+        if stepped and trainer.global_step % trainer.log_every_n_steps == 0:
             self.check(trainer)
 
     def on_save_checkpoint(
@@ -337,7 +391,12 @@ class DivergenceStop(L.Callback):
         last_good = next(
             (path for path in saved if path and os.path.exists(path)), "none was saved"
         )
+        if step == 0:  # before any update: the settings or the data, not the learning rate
+            hint = "Check the data and the model's settings, e.g. model.beta"
+        else:
+            hint = "A smaller model.lr or trainer.gradient_clip_val=1.0 may help"
         raise DivergenceError(
             f"the training loss was not finite at step {step}, so training stopped. "
-            f"The last good checkpoint: {last_good}. A smaller model.lr may help."
+            f"The last good checkpoint: {last_good}. {hint}; trainer.detect_anomaly=true "
+            "names the operation that first gave a NaN."
         )
