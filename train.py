@@ -9,9 +9,10 @@ import time
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-# A sweep job's folder is named after its overrides; a group's, such as model/prior=vamp,
-# holds a "/" that would nest the folder one level deeper.
-OmegaConf.register_new_resolver("folder_name", lambda overrides: overrides.replace("/", "."))
+from vaelab.config import folder_name
+
+# A sweep job's folder is named after its overrides (hydra.sweep.subdir in conf/train.yaml).
+OmegaConf.register_new_resolver("folder_name", folder_name)
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
@@ -21,12 +22,15 @@ def main(cfg: DictConfig) -> float:
     # rather than after the seconds it takes to import Lightning.
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+    from vaelab.runs import FolderRefused
     from vaelab.train import train, write_summary
 
     try:
         return train(cfg)
     except SIGTERMException:  # Lightning stopped after a batch; last.ckpt holds the state
         raise SystemExit(128 + 15) from None  # the usual status of a process ended by SIGTERM
+    except FolderRefused:  # the folder, and any metrics.json in it, belong to another run
+        raise
     except Exception as err:  # recorded for scripts/summarize.py, then reported by Hydra
         write_summary(cfg, "failed", start, reason=f"{type(err).__name__}: {err}")
         raise

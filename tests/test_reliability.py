@@ -186,9 +186,12 @@ def test_same_seed_same_metrics_even_in_an_old_run_folder(
     uninterrupted: Path, tiny_mnist: Path, tmp_path: Path
 ) -> None:
     """Only resume=true continues a run: a last.ckpt left in the folder is not picked up
-    (continued from the finished run's last.ckpt, this run would train nothing)."""
+    (continued from the finished run's last.ckpt, this run would train nothing). Such a folder
+    is refused unless overwrite=true (tests/test_resume.py), which removes the old run first."""
     shutil.copytree(uninterrupted / "checkpoints", tmp_path / "checkpoints")
-    result = run_train(f"data.data_dir={tiny_mnist}", *RESUMABLE, f"hydra.run.dir={tmp_path}")
+    overrides = [f"data.data_dir={tiny_mnist}", *RESUMABLE, f"hydra.run.dir={tmp_path}"]
+    assert "holds a run (checkpoints/)" in run_train(*overrides).stderr
+    result = run_train(*overrides, "overwrite=true")
     assert result.returncode == 0, result.stderr
     assert final_metrics(tmp_path) == final_metrics(uninterrupted)
     assert final_metrics(tmp_path)["train/loss"] > 0 and final_metrics(tmp_path)["test/loss"] > 0
@@ -250,7 +253,10 @@ def test_a_random_seed_is_logged(tiny_mnist: Path, tmp_path: Path) -> None:
     train(cfg)
     logged = (tmp_path / "hparams.yaml").read_text()
     assert isinstance(cfg.seed, int) and f"seed: {cfg.seed}" in logged
-    again = compose_train([f"data.data_dir={tiny_mnist}", *TINY_RUN, "seed=null"], tmp_path)
+    # overwrite=true: the folder holds the first run
+    again = compose_train(
+        [f"data.data_dir={tiny_mnist}", *TINY_RUN, "seed=null", "overwrite=true"], tmp_path
+    )
     train(again)  # another random seed: equal by chance once in 2^31 runs
     assert again.seed != cfg.seed
 

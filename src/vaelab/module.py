@@ -1,12 +1,19 @@
 """The LightningModule: a VAE assembled from its parts, and the objective it minimizes."""
 
+import math
+import os
+import re
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Literal
+from contextvars import ContextVar
+from typing import IO, Any, Literal
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from vaelab import UserError, require
 from vaelab.losses import (
@@ -17,7 +24,8 @@ from vaelab.losses import (
     log_importance_weights,
 )
 from vaelab.networks import reparameterize
-from vaelab.parts import build_part
+from vaelab.parts import build_part, check_optimizer, check_targets, check_trust
+from vaelab.schedules import check_scheduler
 
 MLP_ENCODER = {"_target_": "vaelab.networks.MLPEncoder"}  # the parts' defaults: 400 units, ReLU
 MLP_DECODER = {"_target_": "vaelab.networks.MLPDecoder"}
@@ -26,6 +34,8 @@ BERNOULLI = {"_target_": "vaelab.likelihoods.Bernoulli"}
 ADAM = {"_target_": "torch.optim.Adam", "fused": True}
 FUSED_DEVICES = ("cpu", "cuda")  # where torch has fused Adam/AdamW kernels for float32 weights
 Stage = Literal["train", "val", "test"]
+# While `VAEModule.load_from_checkpoint` runs: the checkpoint, and the modules its caller trusts.
+LOADING: ContextVar[tuple[str, Sequence[str]] | None] = ContextVar("loading", default=None)
 
 
 class VAEModule(L.LightningModule):
@@ -64,16 +74,18 @@ class VAEModule(L.LightningModule):
         require(num_classes >= 0, "num_classes", num_classes, "use 0 (no labels) or more")
         labelled = not conditional or num_classes >= 1
         require(labelled, "conditional", conditional, "the data has no labels to condition on")
-        require(beta >= 0, "beta", beta, "use a weight >= 0 (1 is the plain VAE)")
+        require(0 <= beta < math.inf, "beta", beta, "use a weight >= 0 (1 is the plain VAE)")
         require(kl_warmup_epochs >= 0, "kl_warmup_epochs", kl_warmup_epochs, "use 0 (none) or more")
         require(iw_samples >= 1, "iw_samples", iw_samples, "use 1 (the VAE) or more, e.g. 5")
-        require(lr > 0, "lr", lr, "use a learning rate > 0, e.g. 1e-3")
+        require(0 < lr < math.inf, "lr", lr, "use a learning rate > 0, e.g. 1e-3")
         encoder, decoder, prior, likelihood, optimizer = map(
             dict, (encoder, decoder, prior, likelihood, optimizer)
         )
         scheduler = dict(scheduler or {})
         image_shape = list(image_shape)  # plain values for the hyperparameters
         self.save_hyperparameters()
+        if loading := LOADING.get():  # a checkpoint's parts: built only if known to be safe
+            check_targets(loading[0], self.hparams, loading[1])
         size = num_classes if conditional else 0
         context = {"image_shape": image_shape, "latent_size": latent_size, "condition_size": size}
         self.encoder = build_part("encoder", encoder, context)
@@ -84,6 +96,30 @@ class VAEModule(L.LightningModule):
         if compile:  # in place, so checkpoints keep their keys; dynamic: the last batch is smaller
             self.encoder.compile(dynamic=True)
             self.decoder.compile(dynamic=True)
+
+    @classmethod
+    def load_from_checkpoint(
+        cls,
+        checkpoint_path: str | os.PathLike | IO,
+        map_location: Any = None,
+        hparams_file: str | os.PathLike | None = None,
+        strict: bool | None = None,
+        weights_only: bool = True,
+        trust: Sequence[str] = (),
+        **kwargs: Any,
+    ) -> "VAEModule":
+        """Lightning's, but the parts, optimizer and scheduler that the checkpoint names are
+        built only if they are vaelab's or torch's, or classes of the modules in `trust`
+        (e.g. `trust=["my_priors"]`): a checkpoint could name any callable. The file is read
+        with weights_only=True whatever torch's default, as it holds only plain values."""
+        check_trust(trust)
+        token = LOADING.set((str(checkpoint_path), list(trust)))
+        try:
+            return super().load_from_checkpoint(
+                checkpoint_path, map_location, hparams_file, strict, weights_only, **kwargs
+            )
+        finally:
+            LOADING.reset(token)
 
     def forward(self, x: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Pixel logits of a reconstruction from one sample of q(z|x), with q's mean and logvar."""
@@ -118,14 +154,64 @@ class VAEModule(L.LightningModule):
         if spec.get("fused") and self.device.type not in FUSED_DEVICES:
             spec["fused"] = None  # torch's default (foreach) where there is no fused kernel
         optimizer = build_part("optimizer", spec, context)
+        check_optimizer(optimizer)  # e.g. a momentum torch takes but diverges with
         if not self.hparams.scheduler:
             return optimizer
         scheduler = build_part("scheduler", self.hparams.scheduler, {"optimizer": optimizer})
+        check_scheduler(scheduler)  # settings torch takes but that fail or misbehave later
         # Stepped after each epoch; one that reduces on a plateau watches val/loss.
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"},
         }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The settings the checkpoint trained with, for `on_train_start` to replace.
+        self.resumed_hparams = dict(checkpoint.get("hyper_parameters", {}))
+
+    def on_train_start(self) -> None:
+        if self.trainer.ckpt_path:  # a resumed run: after Lightning restored its optimizer
+            self.follow_config_schedule()
+
+    def follow_config_schedule(self) -> None:
+        """Give a resumed run the optimizer's settings, learning rate and schedule that the
+        config gives at this epoch, as if the run had started with it (so a cosine schedule
+        over more epochs goes on along the longer curve); the optimizer's state, e.g. Adam's
+        moments, stays the checkpoint's. A plateau schedule keeps the reductions it has made,
+        relative to model.lr."""
+        epoch = self.trainer.current_epoch  # the epochs done, after which the schedule stepped
+        configured = self.configure_optimizers()
+        optimizer, scheduler = (
+            (configured["optimizer"], configured["lr_scheduler"]["scheduler"])
+            if isinstance(configured, dict)
+            else (configured, None)
+        )
+        resumed = self.trainer.optimizers[0]
+        saved = getattr(self, "resumed_hparams", {})
+        if isinstance(scheduler, ReduceLROnPlateau):
+            restored = self.trainer.lr_scheduler_configs[0].scheduler.state_dict()
+            if (saved.get("scheduler") or {}).get("_target_") == self.hparams.scheduler["_target_"]:
+                state = scheduler.state_dict()
+                kept = ("best", "num_bad_epochs", "cooldown_counter", "last_epoch")
+                scheduler.load_state_dict({**state, **{key: restored[key] for key in kept}})
+                for group, old in zip(optimizer.param_groups, resumed.param_groups, strict=True):
+                    same_lr = saved.get("lr") == self.hparams.lr
+                    group["lr"] = old["lr"] if same_lr else old["lr"] / saved["lr"] * group["lr"]
+        elif scheduler is not None:
+            with warnings.catch_warnings():  # torch warns of a step before optimizer.step()
+                warnings.filterwarnings("ignore", re.escape("Detected call of `lr_scheduler.step"))
+                for _ in range(epoch):
+                    scheduler.step()
+        changes = []
+        for group, new in zip(resumed.param_groups, optimizer.param_groups, strict=True):
+            for key, value in new.items():
+                if key not in ("params", "initial_lr") and plain(group.get(key)) != plain(value):
+                    changes.append(f"{key} {group.get(key)!r} -> {value!r}")
+            group.update({key: value for key, value in new.items() if key != "params"})
+        if scheduler is not None:
+            self.trainer.lr_scheduler_configs[0].scheduler.load_state_dict(scheduler.state_dict())
+        if changes:
+            rank_zero_info(f"resume: from epoch {epoch}, as the config says: {', '.join(changes)}")
 
     def loss_terms(
         self, x: Tensor, labels: Tensor | None = None, iw_samples: int = 1, weight: float = 1.0
@@ -153,10 +239,14 @@ class VAEModule(L.LightningModule):
         return log_px_z, log_importance_weights(log_px_z, self.prior.log_prob(z), log_qz, weight)
 
     def current_kl_weight(self) -> float:
-        """The KL weight of the current training step: beta, after the warm-up's linear rise."""
+        """The KL weight of the current optimizer step: beta, after the warm-up's linear rise."""
         if not self.hparams.kl_warmup_epochs:  # no Trainer needed
             return self.hparams.beta
-        epochs_done = self.global_step / self.trainer.num_training_batches
+        # global_step counts optimizer steps: one per trainer.accumulate_grad_batches batches,
+        # and one more at an epoch's end for the batches left over.
+        trainer = self.trainer
+        steps_per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
+        epochs_done = self.global_step / steps_per_epoch
         return kl_weight(self.hparams.beta, self.hparams.kl_warmup_epochs, epochs_done)
 
     def encode(self, x: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -218,3 +308,8 @@ class VAEModule(L.LightningModule):
             got = "none" if labels is None else f"shape {tuple(labels.shape)}"
             raise UserError(f"this conditional model needs labels=... of shape ({n},), got {got}")
         return F.one_hot(labels.to(self.device), self.hparams.num_classes).to(self.dtype)
+
+
+def plain(value: Any) -> Any:
+    """A tuple as a list, so that settings compare equal however they were given."""
+    return list(value) if isinstance(value, tuple) else value

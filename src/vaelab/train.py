@@ -3,7 +3,10 @@
 import json
 import logging
 import random
+import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +23,9 @@ from omegaconf import DictConfig
 
 from vaelab import UserError
 from vaelab.checkpoints import check_checkpoint
-from vaelab.config import check_types
+from vaelab.config import check_run, check_types
 from vaelab.console import print_config, quiet
+from vaelab.runs import claim_folder, continue_logging, keep_csv_rows
 
 
 def train(cfg: DictConfig) -> float:
@@ -33,6 +37,8 @@ def train(cfg: DictConfig) -> float:
     quiet()
     if cfg.print_config:
         rank_zero_only(print_config)(cfg)
+    claim_folder(cfg)  # its lock; a folder that holds another run is refused
+    check_run(cfg)  # a bad seed, or settings under which no best checkpoint would be kept
     # seed=null: a random seed (Lightning's own choice would be 0), logged with the hparams.
     seed = random.SystemRandom().randrange(2**31) if cfg.seed is None else cfg.seed
     cfg.seed = L.seed_everything(seed, workers=True)
@@ -43,25 +49,38 @@ def train(cfg: DictConfig) -> float:
     # The model is built for the data: its image shape and number of classes.
     data_facts = {"image_shape": datamodule.image_shape, "num_classes": datamodule.num_classes}
     model = build(cfg.model, "model", **data_facts)
+    if ckpt_path:  # before any logger touches the record of the run
+        check_checkpoint(ckpt_path, model)
+    if cfg.resume:  # the loggers go on with the record of the run in this folder
+        hparams = {**model.hparams, **datamodule.hparams}
+        resumed_step = continue_logging(cfg.logger, ckpt_path, hparams, cfg.output_dir)
     # One logger, or with logger=many a dict of loggers by name; the trainer takes a list.
     logger = build(cfg.logger, "logger")
     loggers = list(logger.values()) if isinstance(logger, dict) else [logger]
+    if cfg.resume:
+        keep_csv_rows(loggers, resumed_step)
     # callbacks.NAME=null drops one of them.
     callbacks = [build(node, f"callbacks.{name}") for name, node in cfg.callbacks.items() if node]
     trainer: L.Trainer = build(cfg.trainer, "trainer", logger=loggers, callbacks=callbacks)
-    if ckpt_path:
-        check_checkpoint(ckpt_path, model)
+    best = None if trainer.fast_dev_run else best_checkpoint(trainer)  # refused before the fit
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    with memory_named():
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     fit_metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
     if trainer.fast_dev_run:  # Lightning saved no checkpoint: test the weights as they are
         best_val_loss, best_path = fit_metrics["val/loss"], None
+    elif best.best_model_score is None:  # e.g. max_steps ended training before a validation
+        raise UserError(
+            f"no validation ran in {trainer.global_step} training steps, so no best checkpoint "
+            "was kept; let training reach one, e.g. with more trainer.max_steps or a smaller "
+            "trainer.val_check_interval"
+        )
     else:
-        best = best_checkpoint(trainer)
         best_val_loss, best_path = best.best_model_score.item(), best.best_model_path
-    (test_metrics,) = trainer.test(
-        model, datamodule=datamodule, ckpt_path=best_path, weights_only=True
-    )
+    with memory_named():
+        (test_metrics,) = trainer.test(
+            model, datamodule=datamodule, ckpt_path=best_path, weights_only=True
+        )
 
     # Each logger gets the hyperparameters next to the final figures of this run; TensorBoard
     # takes both in one call, which fills its HParams tab.
@@ -90,7 +109,10 @@ def best_checkpoint(trainer: L.Trainer) -> ModelCheckpoint:
     for callback in trainer.checkpoint_callbacks:
         if isinstance(callback, ModelCheckpoint) and callback.monitor == "val/loss":
             return callback
-    raise UserError("callbacks: no ModelCheckpoint monitors val/loss; keep best_checkpoint")
+    raise UserError(
+        "callbacks: no ModelCheckpoint monitors val/loss, so no best checkpoint would be kept "
+        "for the test; keep callbacks.best_checkpoint, with its monitor: val/loss"
+    )
 
 
 def write_summary(cfg: DictConfig, status: str, start: float, **fields: Any) -> None:
@@ -128,4 +150,43 @@ def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
             raise UserError(f"{key}.{cause}") from None
         if isinstance(cause, MisconfigurationException | ValueError):
             raise UserError(f"{key}: {cause}") from None
+        if isinstance(cause, RuntimeError) and (error := out_of_memory(cause)):
+            raise UserError(f"{key}: {error}") from None
+        raise
+
+
+# What sets the memory a run needs: the network's sizes, the prior's, and the batch's.
+MEMORY_SIZES = (
+    "model.latent_size, the hidden_sizes (or channels) of model.encoder and model.decoder, "
+    "model.prior.num_components, model.iw_samples, or data.batch_size (data.eval_batch_size "
+    "in validation and test)"
+)
+
+
+def out_of_memory(err: RuntimeError) -> UserError | None:
+    """A one-line UserError for torch's running out of memory (on a GPU an OutOfMemoryError,
+    on a CPU a RuntimeError "can't allocate memory"), naming the sizes to reduce; None for
+    another error."""
+    message = str(err)
+    if not isinstance(err, torch.OutOfMemoryError) and not re.search(
+        r"can't allocate memory|out of memory", message, re.IGNORECASE
+    ):
+        return None
+    amount = ""
+    if tried := re.search(r"tried to allocate ([\d.]+) ?(\w+)", message, re.IGNORECASE):
+        number, unit = float(tried[1]), tried[2]
+        if unit == "bytes":  # the CPU allocator's count
+            number, unit = number / 2**30, "GiB"
+        amount = f" (tried to allocate {number:.1f} {unit})"
+    return UserError(f"out of memory{amount}: reduce {MEMORY_SIZES}")
+
+
+@contextmanager
+def memory_named() -> Iterator[None]:
+    """Report running out of memory inside the block as a UserError naming the sizes to reduce."""
+    try:
+        yield
+    except RuntimeError as err:
+        if error := out_of_memory(err):
+            raise error from None
         raise
