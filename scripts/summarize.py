@@ -35,9 +35,19 @@ def read_run(run_dir: Path) -> dict:
     summary_file = run_dir / "metrics.json"
     if not summary_file.exists():
         return {**row, "status": "failed", "reason": "no metrics.json: killed, or still running"}
-    summary = json.loads(summary_file.read_text())
-    row |= {"status": summary["status"], "reason": summary.get("reason", "")}
-    row |= {"epochs": summary.get("epochs"), "wall_seconds": summary["wall_seconds"]}
+    try:
+        summary = json.loads(summary_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:  # e.g. cut short by a full disk
+        reason = f"{summary_file} is not readable JSON ({err}); run the job again"
+        return {**row, "status": "failed", "reason": reason}
+    if not isinstance(summary, dict):
+        reason = f"{summary_file} holds no summary; run the job again"
+        return {**row, "status": "failed", "reason": reason}
+    if "status" in summary:
+        row |= {"status": summary["status"], "reason": summary.get("reason", "")}
+    else:  # evaluate.py's figures only: the training was killed, or is still running
+        row |= {"status": "failed", "reason": "no training summary: killed, or still running"}
+    row |= {key: summary[key] for key in ("epochs", "wall_seconds") if key in summary}
     row["best_val_loss"] = summary.get("best_val_loss")
     row |= {k: v for k, v in summary.get("metrics", {}).items() if k.startswith("test/")}
     evaluated = summary.get("evaluation", {}).get("metrics", {})
@@ -126,6 +136,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path)
     sweep_dir = parser.parse_args().sweep_dir
+    if not sweep_dir.is_dir():
+        example = "outputs/multirun/2026-11-25/10-00-00"
+        raise SystemExit(f"Error: {sweep_dir} is not a folder; give a sweep's, e.g. {example}")
+    if (sweep_dir / ".hydra").is_dir():
+        raise SystemExit(f"Error: {sweep_dir} is one run's folder; give the folder of its runs")
     runs = sorted(p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir())
     if not runs:
         raise SystemExit(f"Error: no runs (folders with .hydra/) in {sweep_dir}")

@@ -10,6 +10,7 @@ from vaelab import UserError, require
 from vaelab.batches import InMemoryBatches
 from vaelab.datasets import (
     FASHION_MNIST,
+    IDX_CLASSES,
     KMNIST,
     MNIST,
     IDXImageSet,
@@ -136,7 +137,7 @@ class IDXDataModule(ImageDataModule):
 
     idx: IDXImageSet
     image_shape = (1, 28, 28)
-    num_classes = 10
+    num_classes = IDX_CLASSES
     train_size = 60_000  # of each set's training files
 
     def __init__(

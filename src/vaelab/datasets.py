@@ -31,6 +31,8 @@ IDX_SIZES = {
     "t10k-labels-idx1-ubyte": 10_008,
 }
 
+IDX_CLASSES = 10  # MNIST, Fashion-MNIST and KMNIST each have ten, labelled 0 to 9
+
 
 SPLIT_SEED = 0  # held-out splits never change with the run's seed, so val losses compare
 
@@ -71,13 +73,13 @@ class IDXImageSet:
     def download(self, data_dir: str) -> None:
         """Download the files with torchvision into data_dir unless they are there."""
         raw_dir = self.raw_dir(data_dir)
-        if self.missing(raw_dir):
+        if missing := self.missing(raw_dir):
             try:
                 for train in (True, False):
                     self.downloader(data_dir, train=train, download=True)
             except Exception as err:  # no internet, a mirror down, a read-only folder...
                 last_line = str(err).strip().splitlines()[-1]
-                reason = f"download failed: {last_line}"
+                reason = f"download failed: {last_line}; missing: {', '.join(missing)}"
                 raise UserError(self.missing_message(raw_dir, reason)) from None
 
     def verify(self, raw_dir: Path) -> None:
@@ -116,6 +118,10 @@ class IDXImageSet:
         """A verified split's images as floats in [0, 1], (N, 1, 28, 28), and labels, int64 (N,)."""
         images = _read_idx(raw_dir / f"{split}-images-idx3-ubyte")  # uint8 (N, 28, 28)
         labels = _read_idx(raw_dir / f"{split}-labels-idx1-ubyte")  # uint8 (N,)
+        if (bad := labels >= IDX_CLASSES).any():
+            path, label = raw_dir / f"{split}-labels-idx1-ubyte", labels[bad][0].item()
+            why = f"it holds the label {label}, where {self.name}'s are 0 to {IDX_CLASSES - 1}"
+            self._bad_file(path, why)
         return images.unsqueeze(1).float().div_(255), labels.long()  # -> (N, 1, 28, 28), (N,)
 
     def _check_md5(self, path: Path) -> None:
@@ -202,6 +208,7 @@ IMAGE_FILE = (
 SAVE_NPZ = "save one with numpy.savez(path, images=..., labels=...)"
 SAVE_PT = "save one with torch.save({'images': ..., 'labels': ...}, path)"
 INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+MAX_CHANNELS = 4  # RGBA: more than the image grids that training logs can draw
 
 
 def load_image_file(path: Path) -> tuple[Tensor, Tensor | None]:
@@ -227,6 +234,11 @@ def load_image_file(path: Path) -> tuple[Tensor, Tensor | None]:
     if images.shape[-1] != images.shape[-2]:
         height, width = shape[-2:]
         raise UserError(f"{path} has images of {height} x {width} pixels; use square ones")
+    if (channels := shape[1] if images.ndim == 4 else 1) > MAX_CHANNELS:
+        raise UserError(
+            f"{path} has images of {channels} channels (shape {shape}); use N x C x H x W with "
+            "C from 1 to 4 (grey, grey and alpha, RGB, RGBA), which the image grids can show"
+        )
     if images.dtype.is_floating_point and not (inside := (images >= 0) & (images <= 1)).all():
         example = images[~inside][0].item()
         raise UserError(
@@ -249,6 +261,13 @@ def load_image_file(path: Path) -> tuple[Tensor, Tensor | None]:
     if (labels < 0).any():
         raise UserError(
             f"{path} has labels below 0, e.g. {labels.min().item()}; use class indices >= 0"
+        )
+    # Labels are class indices, 0 to K - 1: K, their max + 1, can be no more than the images.
+    if (top := labels.max().item()) >= n:
+        raise UserError(
+            f"{path} has the label {top}, which would make {top + 1} classes for its {n} "
+            "images; use class indices 0 to K - 1, e.g. numpy.unique(labels, "
+            "return_inverse=True)[1]"
         )
     return images, labels
 
@@ -282,5 +301,12 @@ def _read_arrays(path: Path) -> dict[str, Tensor]:
             isinstance(key, str) and isinstance(value, Tensor) for key, value in content.items()
         ):
             raise UserError(f"{path} holds no dict of tensors; {SAVE_PT}")
+        for key, value in content.items():  # torch.save keeps sparse and meta tensors as such
+            if value.layout != torch.strided or value.is_meta:
+                kind = "meta" if value.is_meta else str(value.layout).removeprefix("torch.")
+                raise UserError(
+                    f"{path} holds `{key}` as a {kind} tensor; save a dense one with its values, "
+                    f"e.g. {key}.to_dense() on the CPU"
+                )
         return content
     raise UserError(f"{path} is neither a .npz nor a .pt file; give the path of {IMAGE_FILE}")

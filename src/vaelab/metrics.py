@@ -14,4 +14,6 @@ def standard_error(values: Tensor) -> float:
 def active_units(means: Tensor, threshold: float = 0.01) -> int:
     """The latent dimensions u with Cov_x(E_q(z|x)[z_u]) > threshold (Burda et al. 2015,
     Sec. 5.2): means (N, latent), the means of q(z|x) of N images -> a count."""
+    if len(means) < 2:  # one image has no spread
+        return 0
     return int((means.double().var(dim=0) > threshold).sum())

@@ -43,13 +43,19 @@ def check_conv(channels: Sequence[int], image_shape: Sequence[int]) -> None:
         "use a non-empty list of positive channel counts, e.g. [32, 64]",
     )
     side = image_shape[-1]
-    require(
-        side % 2 ** len(channels) == 0,
-        "channels",
-        channels,
-        f"each convolution halves the {side}x{side} image, so give at most "
-        f"{(side & -side).bit_length() - 1} channel counts, e.g. [32, 64]",
-    )
+    halvings = (side & -side).bit_length() - 1  # how often side can be halved exactly
+    if halvings == 0:  # an odd side: not one stride-2 convolution fits
+        accepted = (
+            f"the {side}x{side} images cannot be halved by a stride-2 convolution; "
+            "use model/encoder=mlp model/decoder=mlp, or images of an even side"
+        )
+    else:
+        example = [32 * 2**i for i in range(min(halvings, 2))]
+        accepted = (
+            f"each convolution halves the {side}x{side} image, so give at most {halvings} "
+            f"channel counts, e.g. {example}"
+        )
+    require(side % 2 ** len(channels) == 0, "channels", channels, accepted)
 
 
 class MLPEncoder(nn.Module):

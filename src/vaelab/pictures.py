@@ -20,9 +20,13 @@ if TYPE_CHECKING:
 
 def pairs_grid(top: Tensor, bottom: Tensor, nrow: int = 8) -> Tensor:
     """One image: each row of `top` above the same row of `bottom`, e.g. digits above their
-    reconstructions. top, bottom (N, C, H, W) with N a multiple of nrow -> (C, H', W')."""
-    require(len(top) % nrow == 0, "len(top)", len(top), f"use a multiple of nrow={nrow}")
+    reconstructions, in rows of nrow (fewer if there are fewer images; the last row's gaps
+    blank). top, bottom (N, C, H, W), N >= 1 -> (C, H', W')."""
+    require(len(top) >= 1, "len(top)", len(top), "give at least one image")
+    nrow = min(nrow, len(top))
+    gap = -len(top) % nrow  # blank images that fill the last row
     pairs = torch.stack([top, bottom])  # (2, N, C, H, W)
+    pairs = torch.cat([pairs, pairs.new_zeros(2, gap, *pairs.shape[2:])], dim=1)  # N += gap
     # (2, N, ...) -> (2, rows, nrow, ...) -> (rows, 2, nrow, ...) -> (2N, ...)
     pairs = pairs.unflatten(1, (-1, nrow)).transpose(0, 1).flatten(0, 2)
     return make_grid(pairs, nrow)

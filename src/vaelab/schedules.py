@@ -1,9 +1,16 @@
-"""Learning-rate schedules that torch lacks: a schedule given as stages of epochs."""
+"""Learning-rate schedules that torch lacks (a schedule given as stages of epochs), and checks of
+the settings of torch's own, which torch takes without a word."""
 
 from collections.abc import Sequence
 
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LRScheduler
+from torch.optim.lr_scheduler import (
+    CosineAnnealingLR,
+    ExponentialLR,
+    LRScheduler,
+    ReduceLROnPlateau,
+    StepLR,
+)
 
 from vaelab import require
 
@@ -42,3 +49,25 @@ class StagedLR(LRScheduler):
 
     def get_lr(self) -> list[float]:
         return [base_lr * self.factor(self.last_epoch) for base_lr in self.base_lrs]
+
+
+def check_scheduler(scheduler: LRScheduler | ReduceLROnPlateau, name: str = "scheduler") -> None:
+    """Raise a UserError for a setting of torch's schedulers that torch accepts but that fails
+    at the first epoch's end (a division by zero), makes the learning rate negative, or
+    reduces it at every epoch; `name` prefixes the key. val/loss, which a plateau schedule
+    watches, is minimized, so its mode must be "min"."""
+
+    def check(ok: bool, key: str, accepted: str) -> None:
+        require(ok, f"{name}.{key}", getattr(scheduler, key), accepted)
+
+    if isinstance(scheduler, StepLR):
+        check(scheduler.step_size >= 1, "step_size", "use 1 or more epochs")
+    if isinstance(scheduler, StepLR | ExponentialLR):
+        check(scheduler.gamma > 0, "gamma", "use a factor > 0, e.g. 0.5")
+    if isinstance(scheduler, CosineAnnealingLR):
+        check(scheduler.T_max >= 1, "T_max", "use 1 or more epochs (set it when max_epochs=-1)")
+        check(scheduler.eta_min >= 0, "eta_min", "use 0 or more")
+    if isinstance(scheduler, ReduceLROnPlateau):
+        check(scheduler.mode == "min", "mode", "use min: val/loss is minimized")
+        check(scheduler.factor > 0, "factor", "use 0 < factor < 1, e.g. 0.5")
+        check(scheduler.patience >= 0, "patience", "use 0 or more epochs")
