@@ -10,7 +10,6 @@ import pytest
 import yaml
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
-from mlflow.tracking import MlflowClient
 
 from vaelab.train import train
 
@@ -44,6 +43,7 @@ def test_csv_writes_the_metrics_and_hyperparameters(tiny_mnist: Path, tmp_path: 
 
 
 def test_mlflow_store_in_the_run_folder(tiny_mnist: Path, tmp_path: Path) -> None:
+    MlflowClient = pytest.importorskip("mlflow.tracking").MlflowClient  # the loggers extra
     best = run("mlflow", tiny_mnist, tmp_path)
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     experiment = client.get_experiment_by_name("vaelab")
@@ -83,6 +83,7 @@ def test_wandb_writes_an_offline_run_without_the_network(
     tiny_mnist: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """No login and no WANDB_MODE: the run is written offline, and nothing leaves the machine."""
+    pytest.importorskip("wandb")  # the loggers extra
     for name in ["WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL"]:
         monkeypatch.delenv(name, raising=False)
     for name in ["WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"]:  # not the home's
@@ -114,6 +115,7 @@ def test_many_writes_tensorboard_and_csv(tiny_mnist: Path, tmp_path: Path) -> No
 
 
 def test_more_loggers_join_many_by_name(tmp_path: Path) -> None:
+    pytest.importorskip("wandb")  # the loggers extra
     cfg = compose_train(["logger=many", "+logger@logger.wandb=wandb"], tmp_path)
     built = instantiate(cfg.logger, _convert_="all")
     assert {name: type(logger) for name, logger in built.items()} == {

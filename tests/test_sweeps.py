@@ -25,6 +25,7 @@ def status(job: Path) -> str:
 
 
 def test_joblib_runs_two_jobs_in_parallel(tiny_mnist: Path, tmp_path: Path) -> None:
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")  # the sweep extra
     result = run_train(
         "-m",
         "hydra/launcher=cpu_parallel",
@@ -50,6 +51,8 @@ def test_joblib_runs_two_jobs_in_parallel(tiny_mnist: Path, tmp_path: Path) -> N
 
 
 def test_optuna_search_records_trials_and_the_best(tiny_mnist: Path, tmp_path: Path) -> None:
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")  # the sweep extra
+    pytest.importorskip("optuna")
     result = run_train(
         "-m",
         "hparams_search=optuna",
