@@ -29,7 +29,7 @@ def test_active_units_counts_the_dimensions_the_encoder_uses() -> None:
         model.encoder.mean.weight[[1, 3]] = 0.0
         images = torch.rand(300, 1, 28, 28)
         means = model.encode(images)[0]  # (300, 6)
-    variances = means.var(dim=0)
+    variances = means.double().var(dim=0)  # as active_units computes them, on any CPU
     assert (variances[[1, 3]] == 0).all() and (variances[[0, 2, 4, 5]] > 0.01).all()
     assert active_units(means) == 4
     assert active_units(means, threshold=variances.max().item()) == 0  # strictly above it

@@ -89,7 +89,9 @@ def test_every_combination_trains_a_step_and_loads_from_its_checkpoint(
     checkpoint = torch.load(path, weights_only=True)  # plain values only: no pickled parts
     assert checkpoint["hyper_parameters"]["prior"] == PRIORS[prior]
     loaded = VAEModule.load_from_checkpoint(path).eval()
-    x, labels = tiny_data.val_images[:5], tiny_data.val_labels[:5]
+    # The fit leaves the model, and the DataModule its images, on a GPU where there is one.
+    model, loaded = model.to("cpu"), loaded.to("cpu")
+    x, labels = tiny_data.val_images[:5].cpu(), tiny_data.val_labels[:5].cpu()
     given = labels if conditional else None
     with torch.no_grad():
         torch.testing.assert_close(loaded.encode(x, given), model.eval().encode(x, given))

@@ -78,7 +78,7 @@ def test_the_iw_estimate_and_its_standard_error_computed_directly(
     give the same per-image estimates: their mean and standard error are evaluate.py's."""
     metrics = evaluations[0][0]["evaluation"]["metrics"]
     (best,) = (run_dir / "checkpoints").glob("epoch*.ckpt")
-    model = VAEModule.load_from_checkpoint(best).eval()
+    model = VAEModule.load_from_checkpoint(best, map_location="cpu").eval()  # trained on a GPU
     data = MNISTDataModule(str(tiny_mnist), **{**TINY_DATA, "binarize": "dynamic"})
     data.setup("test")
     generator = torch.Generator().manual_seed(0)

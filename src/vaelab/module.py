@@ -266,7 +266,8 @@ class VAEModule(L.LightningModule):
         self, n: int, labels: Tensor | None = None, generator: torch.Generator | None = None
     ) -> Tensor:
         """Decode n draws from the prior; a conditional model needs n labels (n,)."""
-        return self.decode(self.prior.sample(n, generator), labels)
+        z = self.prior.sample(n, generator)  # a prior of one's own may draw on the generator's
+        return self.decode(z.to(self.device), labels)  # device: a CPU one for a GPU model
 
     @torch.no_grad()
     def log_likelihood(
