@@ -1,5 +1,6 @@
 """Shared fixtures: tiny MNIST-format and tensor files, so tests run the real loading code."""
 
+import json
 import os
 import struct
 import subprocess
@@ -159,3 +160,32 @@ def read_events(run_dir: Path) -> EventAccumulator:
     events = EventAccumulator(str(run_dir), size_guidance={"images": 0, "scalars": 0})
     events.Reload()
     return events
+
+
+# Three short epochs of 8 steps, with last.ckpt also written every 4 steps, and a scheduler
+# (whose state is resumed too): the reference run of the exact-resume tests.
+RESUMABLE = [
+    *TINY_RUN,
+    "trainer.max_epochs=3",
+    "trainer.deterministic=true",
+    "callbacks.last_checkpoint.every_n_train_steps=4",
+    "model/scheduler=exponential",  # its state is resumed too
+]
+
+
+def final_metrics(run_dir: Path) -> dict[str, float]:
+    return json.loads((run_dir / "metrics.json").read_text())["metrics"]
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(tiny_mnist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The RESUMABLE run, uninterrupted; read only."""
+    run_dir = tmp_path_factory.mktemp("uninterrupted")
+    result = run_train(f"data.data_dir={tiny_mnist}", *RESUMABLE, f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr
+    return run_dir
+
+
+def exploding_at(step: int) -> list[str]:
+    """Overrides under which the training loss is NaN from training step `step` on."""
+    return ["model._target_=tests.helpers.ExplodingVAE", f"+model.explode_at_step={step}"]

@@ -180,14 +180,8 @@ class SignalAtEvaluation(L.Callback):
         if self.stage == "val" and in_fit and batch_idx == 0:
             self.copy_and_signal()
 
-    def on_test_batch_start(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
+    def on_test_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        _, _, batch_idx, *_ = args  # pl_module, batch, batch_idx[, dataloader_idx]
         if self.stage == "test" and batch_idx == 0:
             self.copy_and_signal()
 

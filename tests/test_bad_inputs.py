@@ -16,7 +16,15 @@ from vaelab import UserError
 from vaelab.pictures import pairs_grid
 from vaelab.train import train
 
-from .conftest import TINY_RUN, read_events, run_script, run_train, write_arrays, write_idx
+from .conftest import (
+    TINY_RUN,
+    exploding_at,
+    read_events,
+    run_script,
+    run_train,
+    write_arrays,
+    write_idx,
+)
 from .test_config import compose_train
 
 pytestmark = pytest.mark.slow  # runs of train.py and scripts/summarize.py
@@ -232,8 +240,7 @@ def test_divergence_at_the_first_step_does_not_blame_the_learning_rate(
         f"data.data_dir={tiny_mnist}",
         *TINY_RUN,
         f"hydra.run.dir={tmp_path}",
-        "model._target_=tests.helpers.ExplodingVAE",
-        "+model.explode_at_step=0",
+        *exploding_at(0),
     )
     one_line(result, "the training loss was not finite at step 0, so training stopped.")
     assert "model.lr" not in result.stderr and "model.beta" in result.stderr

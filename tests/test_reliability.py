@@ -1,6 +1,5 @@
 """Reliability: clear errors for bad input, verified data, exact resume, reproducible runs."""
 
-import json
 import shutil
 from pathlib import Path
 
@@ -14,18 +13,17 @@ from vaelab.checkpoints import check_checkpoint, load_checkpoint
 from vaelab.data import MNISTDataModule
 from vaelab.train import train
 
-from .conftest import TINY_RUN, read_events, run_train, write_idx
+from .conftest import (
+    RESUMABLE,
+    TINY_RUN,
+    exploding_at,
+    final_metrics,
+    read_events,
+    run_train,
+    write_idx,
+)
 from .helpers import mlp_vae
 from .test_config import compose_train
-
-# Three short epochs of 8 steps, with last.ckpt also written every 4 steps, and a scheduler.
-RESUMABLE = [
-    *TINY_RUN,
-    "trainer.max_epochs=3",
-    "trainer.deterministic=true",
-    "callbacks.last_checkpoint.every_n_train_steps=4",
-    "model/scheduler=exponential",  # its state is resumed too
-]
 
 
 def killed_at(step: int, signal_name: str) -> list[str]:
@@ -34,10 +32,6 @@ def killed_at(step: int, signal_name: str) -> list[str]:
         f"+callbacks.kill.step={step}",
         f"+callbacks.kill.signal_name={signal_name}",
     ]
-
-
-def final_metrics(run_dir: Path) -> dict[str, float]:
-    return json.loads((run_dir / "metrics.json").read_text())["metrics"]
 
 
 @pytest.mark.parametrize(
@@ -173,14 +167,6 @@ def test_the_batch_iterator_resumes_where_training_stood() -> None:
     assert all(torch.equal(labels, images.flatten().long()) for images, labels in trained + rest)
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tiny_mnist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run_dir = tmp_path_factory.mktemp("uninterrupted")
-    result = run_train(f"data.data_dir={tiny_mnist}", *RESUMABLE, f"hydra.run.dir={run_dir}")
-    assert result.returncode == 0, result.stderr
-    return run_dir
-
-
 @pytest.mark.slow
 def test_same_seed_same_metrics_even_in_an_old_run_folder(
     uninterrupted: Path, tiny_mnist: Path, tmp_path: Path
@@ -234,8 +220,7 @@ def test_divergence_stops_with_the_step_and_keeps_the_good_checkpoint(
         f"data.data_dir={tiny_mnist}",
         *RESUMABLE,
         f"hydra.run.dir={tmp_path}",
-        "model._target_=tests.helpers.ExplodingVAE",
-        "+model.explode_at_step=10",
+        *exploding_at(10),
     )
     assert result.returncode != 0 and "Traceback" not in result.stderr
     last = tmp_path / "checkpoints" / "last.ckpt"

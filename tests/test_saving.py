@@ -15,9 +15,8 @@ import torch
 from vaelab.callbacks import DivergenceError
 from vaelab.train import build, train
 
-from .conftest import TINY_RUN, read_events, run_train
+from .conftest import RESUMABLE, TINY_RUN, exploding_at, final_metrics, read_events, run_train
 from .test_config import compose_train
-from .test_reliability import RESUMABLE, final_metrics
 
 
 @pytest.fixture
@@ -55,14 +54,6 @@ def kill_during_save(at: str) -> list[str]:
         "+callbacks.kill.nth=2",
         f"+callbacks.kill.at={at}",
     ]
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tiny_mnist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run_dir = tmp_path_factory.mktemp("uninterrupted")
-    result = run_train(f"data.data_dir={tiny_mnist}", *RESUMABLE, f"hydra.run.dir={run_dir}")
-    assert result.returncode == 0, result.stderr
-    return run_dir
 
 
 @pytest.mark.slow
@@ -141,8 +132,7 @@ def test_divergence_names_the_optimizer_step_with_accumulation(
             f"data.data_dir={tiny_mnist}",
             *ACCUMULATING,
             "trainer.accumulate_grad_batches=4",
-            "model._target_=tests.helpers.ExplodingVAE",
-            "+model.explode_at_step=4",
+            *exploding_at(4),
         ],
         tmp_path,
     )
