@@ -22,18 +22,20 @@ def main(cfg: DictConfig) -> float:
     # rather than after the seconds it takes to import Lightning.
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+    from vaelab.console import one_line_errors
     from vaelab.runs import FolderRefused
     from vaelab.train import train, write_summary
 
-    try:
-        return train(cfg)
-    except SIGTERMException:  # Lightning stopped after a batch; last.ckpt holds the state
-        raise SystemExit(128 + 15) from None  # the usual status of a process ended by SIGTERM
-    except FolderRefused:  # the folder, and any metrics.json in it, belong to another run
-        raise
-    except Exception as err:  # recorded for scripts/summarize.py, then reported by Hydra
-        write_summary(cfg, "failed", start, reason=f"{type(err).__name__}: {err}")
-        raise
+    with one_line_errors():  # a UserError, as one line
+        try:
+            return train(cfg)
+        except SIGTERMException:  # Lightning stopped after a batch; last.ckpt holds the state
+            raise SystemExit(128 + 15) from None  # the usual status of a process ended so
+        except FolderRefused:  # the folder, and any metrics.json in it, belong to another run
+            raise
+        except Exception as err:  # recorded for scripts/summarize.py, then reported by Hydra
+            write_summary(cfg, "failed", start, reason=f"{type(err).__name__}: {err}")
+            raise
 
 
 if __name__ == "__main__":

@@ -16,13 +16,19 @@ import math
 import hydra
 from omegaconf import DictConfig
 
-from vaelab import UserError, require
+from vaelab.console import one_line_errors
+from vaelab.errors import UserError, require
 
 DEVICES = {"auto": "auto", "cpu": "cpu", "cuda": "gpu"}  # ours -> Lightning's accelerator
 
 
 @hydra.main(config_path="../conf", config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> dict[str, float]:
+    with one_line_errors():
+        return evaluate(cfg)
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Print, save and log the test metrics of one checkpoint; return them."""
     for key, least in (("iw_samples", 1), ("chunk_size", 1), ("batch_size", 1), ("seed", 0)):
         value = cfg[key]

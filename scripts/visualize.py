@@ -16,7 +16,8 @@ Settings: conf/visualize.yaml.
 import hydra
 from omegaconf import DictConfig
 
-from vaelab import require
+from vaelab.console import one_line_errors
+from vaelab.errors import require
 
 NROW = 8  # images per row of the reconstructions and samples
 STEPS = 11  # images per interpolation and per traversal, so the middle one is the midpoint
@@ -25,6 +26,11 @@ MANIFOLD_SIZE = 20  # the manifold's grid is MANIFOLD_SIZE x MANIFOLD_SIZE
 
 @hydra.main(config_path="../conf", config_name="visualize", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    with one_line_errors():
+        visualize(cfg)
+
+
+def visualize(cfg: DictConfig) -> None:
     """Write the pictures of one checkpoint into its run folder."""
     for key, least in (("seed", 0), ("embedding_size", 1)):
         value = cfg[key]

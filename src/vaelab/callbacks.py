@@ -14,7 +14,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 from torchvision.transforms.functional import to_pil_image
 
-from vaelab import UserError, require
+from vaelab.errors import UserError, require
 from vaelab.metrics import active_units
 from vaelab.pictures import interpolations_grid, pairs_grid, samples_grid
 

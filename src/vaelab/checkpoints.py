@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from vaelab import UserError
 from vaelab.data import ImageDataModule
+from vaelab.errors import UserError
 from vaelab.module import VAEModule
 from vaelab.parts import NESTED, Role, check_targets, resolve, targets
 
@@ -101,6 +101,8 @@ def load_checkpoint(
         datamodule_class(str(path), checkpoint, trust)
     try:
         model = VAEModule(**checkpoint["hyper_parameters"])
+    except UserError:
+        raise
     except (KeyError, TypeError, ValueError) as err:  # hyperparameters of another version
         raise UserError(
             f"{path} was not written by this version of vaelab's VAEModule ({err}); train it again"

@@ -15,7 +15,7 @@ from hydra.experimental.callback import Callback
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
-from vaelab import UserError, require
+from vaelab.errors import UserError, require
 
 
 def check_types(cfg: DictConfig) -> None:

@@ -1,9 +1,29 @@
-"""What a run prints: the composed config as a tree, and no third-party noise."""
+"""What a run prints: the composed config as a tree, user errors as one line, and no
+third-party noise."""
 
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
+
+from vaelab.errors import UserError
+
+
+class OneLineError(CompactHydraException):
+    """A UserError as Hydra's entry points print it: the message alone, without a traceback
+    (and a sweep still sees the job fail)."""
+
+
+@contextmanager
+def one_line_errors() -> Iterator[None]:
+    """Inside an entry point, turn a UserError into Hydra's one-line error."""
+    try:
+        yield
+    except UserError as err:
+        raise OneLineError(str(err)) from None
 
 
 class _DropTips(logging.Filter):

@@ -6,7 +6,6 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from vaelab import UserError, require
 from vaelab.batches import InMemoryBatches
 from vaelab.datasets import (
     FASHION_MNIST,
@@ -17,6 +16,7 @@ from vaelab.datasets import (
     load_image_file,
     split_off,
 )
+from vaelab.errors import UserError, require
 
 BINARIZE = ("none", "dynamic")
 # With binarize=dynamic, val and test are drawn once from these seeds: the same in every run.

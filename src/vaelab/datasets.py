@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torchvision import datasets
 
-from vaelab import UserError
+from vaelab.errors import UserError
 
 IDX_FILES = (
     "train-images-idx3-ubyte",

@@ -15,7 +15,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-from vaelab import UserError, require
+from vaelab.errors import UserError, require
 from vaelab.losses import (
     Terms,
     gaussian_log_prob,

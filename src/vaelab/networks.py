@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from vaelab import require
+from vaelab.errors import require
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 

@@ -12,7 +12,7 @@ from torch import Tensor
 from torch.distributions import Normal
 from torchvision.utils import make_grid
 
-from vaelab import require
+from vaelab.errors import require
 
 if TYPE_CHECKING:
     from vaelab.module import VAEModule

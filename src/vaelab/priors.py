@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vaelab import require
+from vaelab.errors import require
 from vaelab.losses import (
     gaussian_kl,
     gaussian_log_prob,

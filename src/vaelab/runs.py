@@ -14,8 +14,8 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.loggers import CSVLogger, Logger
 from omegaconf import DictConfig, open_dict
 
-from vaelab import UserError
 from vaelab.checkpoints import read_checkpoint
+from vaelab.errors import UserError
 
 # What a training run writes into its folder, besides Hydra's .hydra/ and train.log.
 RUN_OUTPUTS = (

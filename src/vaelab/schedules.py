@@ -12,7 +12,7 @@ from torch.optim.lr_scheduler import (
     StepLR,
 )
 
-from vaelab import require
+from vaelab.errors import require
 
 
 class StagedLR(LRScheduler):

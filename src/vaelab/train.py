@@ -21,10 +21,10 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
-from vaelab import UserError
 from vaelab.checkpoints import check_checkpoint
 from vaelab.config import check_run, check_types
 from vaelab.console import print_config, quiet
+from vaelab.errors import UserError
 from vaelab.runs import claim_folder, continue_logging, keep_csv_rows
 
 
