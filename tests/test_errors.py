@@ -1,13 +1,17 @@
 """vaelab.errors: the parts raise UserError without Hydra; the entry points print it as one line."""
 
+import pickle
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import torch
 from hydra.errors import CompactHydraException
 
 from vaelab import UserError
 from vaelab.console import OneLineError, one_line_errors
+from vaelab.errors import torch_load_refusal
 
 # Modules that copy into another project with torch alone.
 PLAIN_TORCH = ("networks", "priors", "likelihoods", "losses", "schedules", "errors")
@@ -41,3 +45,23 @@ def test_the_entry_points_make_it_hydras_one_line_error() -> None:
     with pytest.raises(KeyError):  # other errors pass as they are
         with one_line_errors():
             raise KeyError("x")
+
+
+class Calls:
+    """An object whose pickle calls print when loaded: code, to torch's safe loading."""
+
+    def __reduce__(self) -> tuple:
+        return print, ("ran",)
+
+
+def test_torch_load_refusal_names_the_call_or_the_first_sentence(tmp_path: Path) -> None:
+    (tmp_path / "code.pt").write_bytes(pickle.dumps(Calls(), protocol=2))  # as torch.save
+    (tmp_path / "text.pt").write_text("not a pickle")
+    reasons = []
+    for name in ("code.pt", "text.pt"):
+        with pytest.raises(Exception) as caught:
+            torch.load(tmp_path / name, weights_only=True)
+        reasons.append(torch_load_refusal(caught.value))
+    (code, _), (none, reason) = reasons
+    assert code == "print" and none is None  # torch names builtins without their module
+    assert reason and "\n" not in reason and "weights_only" not in reason

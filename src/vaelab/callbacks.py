@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Checkpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
@@ -385,9 +385,8 @@ class DivergenceStop(L.Callback):
         if (step := int(self.bad_step)) < 0:
             return
         saved = [cb.path for cb in trainer.callbacks if isinstance(cb, LastCheckpoint)]
-        saved += (
-            [trainer.checkpoint_callback.best_model_path] if trainer.checkpoint_callback else []
-        )
+        best = [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)]
+        saved += [cb.best_model_path for cb in best]
         last_good = next(
             (path for path in saved if path and os.path.exists(path)), "none was saved"
         )

@@ -2,7 +2,6 @@
 
 import os
 import pickle
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ import torch
 from omegaconf import DictConfig
 
 from vaelab.data import ImageDataModule
-from vaelab.errors import UserError
+from vaelab.errors import UserError, torch_load_refusal
 from vaelab.module import VAEModule
 from vaelab.parts import NESTED, Role, check_targets, resolve, targets
 
@@ -25,19 +24,15 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     except FileNotFoundError:
         raise UserError(f"the checkpoint {path} does not exist") from None
     except pickle.UnpicklingError as err:  # torch's message would advise weights_only=False
-        # A pickle naming a function or class to call: torch 2.14 words it "Unsupported
-        # global: GLOBAL x.y was not an allowed global" or "unsupported GLOBAL x.y whose
-        # module x is blocked".
-        if code := re.search(r"GLOBAL ([\w.]+)", str(err)):
+        code, reason = torch_load_refusal(err)
+        if code:  # a pickle naming a function or class to call
             raise UserError(
                 f"{path} is not a checkpoint of this project: it was refused because it holds "
-                f"code (it calls {code[1]}), which loading a checkpoint never runs"
+                f"code (it calls {code}), which loading a checkpoint never runs"
             ) from None
-        reason = str(err).partition("WeightsUnpickler error:")[2].strip()
-        detail = reason.partition("\n")[0].partition(". ")[0]  # without torch's advice
-        why = f" ({detail})" if detail else ""
         raise UserError(
-            f"{path} is not a readable checkpoint: not a file torch.save wrote, or damaged{why}"
+            f"{path} is not a readable checkpoint: not a file torch.save wrote, or damaged "
+            f"({reason})"
         ) from None
     except Exception as err:  # truncated, corrupted, or some other kind of file
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torchvision import datasets
 
-from vaelab.errors import UserError
+from vaelab.errors import UserError, torch_load_refusal
 
 IDX_FILES = (
     "train-images-idx3-ubyte",
@@ -289,11 +289,9 @@ def _read_arrays(path: Path) -> dict[str, Tensor]:
         try:
             content = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # damaged, not written by torch.save, or holding objects
-            # The first sentence of torch's reason, without its advice to load unsafely.
-            reason = str(err).partition("WeightsUnpickler error:")[2] or str(err)
-            reason = reason.strip().partition("\n")[0].partition(". ")[0] or type(err).__name__
-            if reason.startswith("Unsupported global"):
-                problem = f"holds objects other than tensors ({reason})"
+            code, reason = torch_load_refusal(err)
+            if code:
+                problem = f"holds objects other than tensors (it calls {code})"
             else:
                 problem = f"is not a readable .pt file ({reason})"
             raise UserError(f"{path} {problem}; {SAVE_PT}") from None
