@@ -269,3 +269,23 @@ def test_two_runs_started_at_once_into_one_folder(tiny_mnist: Path, tmp_path: Pa
     assert f"{run_dir} is in use by another run (process " in refused
     assert "Traceback" not in refused
     assert len(list((run_dir / "checkpoints").glob("epoch*.ckpt"))) == 1
+
+
+def test_a_metrics_csv_cut_short_by_a_kill_keeps_its_whole_rows(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A kill while CSVLogger writes can leave half a row; the resumed run drops it, says so,
+    and keeps the whole rows before the checkpoint's step."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    from vaelab.runs import keep_csv_rows
+
+    logger = CSVLogger(tmp_path, name="csv", version="")
+    Path(logger.log_dir).mkdir(parents=True)
+    (Path(logger.log_dir) / "metrics.csv").write_text(
+        "epoch,step,train/loss\n0,7,100.5\n1,15,99.0\n2,23,98.1\n2,3"
+    )
+    keep_csv_rows([logger], step=16)
+    lines = (Path(logger.log_dir) / "metrics.csv").read_text().splitlines()
+    assert lines[1:] == ["0,7,100.5", "1,15,99.0"]
+    assert "dropped 1 unreadable row(s)" in capsys.readouterr().out

@@ -200,7 +200,17 @@ def keep_csv_rows(loggers: list[Logger], step: int) -> None:
         rows = []
         if path.is_file():
             with open(path, newline="") as file:
-                rows = [row for row in csv.DictReader(file) if int(row["step"]) < step]
+                rows = list(csv.DictReader(file))
+        # A row is whole when it has every column (DictReader fills those missing with None,
+        # and files extra ones under None) and an integer step.
+        whole = [None not in row and None not in row.values() for row in rows]
+        steps = [
+            int(row["step"]) if ok and row["step"].isdigit() else None
+            for row, ok in zip(rows, whole, strict=True)
+        ]
+        if damaged := steps.count(None):  # e.g. a last line cut short by a kill mid-write
+            print(f"resume: dropped {damaged} unreadable row(s) of {path}, cut short by the crash")
+        rows = [row for row, at in zip(rows, steps, strict=True) if at is not None and at < step]
         with warnings.catch_warnings():  # "Previous log files ... will be deleted"
             warnings.filterwarnings("ignore", "Experiment logs directory .* exists")
             writer = logger.experiment  # which deletes metrics.csv
