@@ -5,6 +5,8 @@
 #
 #   bash scripts/gpu_check.sh                  # on the GPU machine, with its own python3
 #   GPU_CHECK_DRY=1 bash scripts/gpu_check.sh  # the same steps on this CPU, shrunk
+#   GPU_CHECK_STEPS="python data install warmup suite" bash scripts/gpu_check.sh  # a rerun of
+#       some steps (the first four set the machine up; the others' names are below)
 #
 # Beside the tree, git-ignored, it needs .wheels/ (pure-Python wheels of what the machine
 # lacks: hydra-core, omegaconf, antlr4-python3-runtime 4.9.3, hydra-joblib-launcher,
@@ -64,7 +66,8 @@ if [ "$DRY" = 1 ]; then # the CPU, 1/6 of MNIST, 2 epochs, small K; what needs C
   SPEED_VARIANTS=()
   SUITE=(${GPU_CHECK_SUITE:-tests/test_losses.py})
 else
-  HW=gpu DEV=cuda K=5000 EPOCHS=10 SWEEP_EPOCHS=5 SPEED_EPOCHS=5 SPEED_VAL=5000 SUITE_WORKERS=8
+  HW=gpu DEV=cuda K=5000 EPOCHS=10 SWEEP_EPOCHS=5 SPEED_EPOCHS=5 SPEED_VAL=5000
+  SUITE_WORKERS=${GPU_CHECK_WORKERS:-8}
   TRAIN_DATA=$DATA SCALE=1 PROFILE=(warm=30 timed=30 profiled=10)
   SPEED_VARIANTS=(project_bf16 project_conv_vae project_compile)
   SUITE=(${GPU_CHECK_SUITE:-tests})
@@ -103,6 +106,12 @@ step() {
   left=$((DEADLINE - $(date +%s) - RESERVE - KEEP))
   limit=$((cap < left ? cap : left))
   local log=$LOGS/$name.log
+  if [ -n "${GPU_CHECK_STEPS:-}" ] && [[ " $GPU_CHECK_STEPS " != *" $name "* ]]; then
+    say "=== $name: not asked for (GPU_CHECK_STEPS=$GPU_CHECK_STEPS)"
+    locked bash -c 'printf "%-16s %-8s exit %-4s %7s  %s\n" "$1" skipped - - "not asked for" >>"$2"' \
+      _ "$name" "$OUT/summary.txt"
+    return 0
+  fi
   if [ "$limit" -lt 5 ]; then
     say "=== $name: skipped at $(date +%s): $left s left of the $BUDGET s budget"
     locked bash -c 'printf "%-16s %-8s exit %-4s %7s  %s\n" "$1" skipped - - "no time left" >>"$2"' \
