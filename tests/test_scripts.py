@@ -75,21 +75,26 @@ def test_the_iw_estimate_and_its_standard_error_computed_directly(
     evaluations: list, run_dir: Path, tiny_mnist: Path
 ) -> None:
     """The same draws, in the same order (batches of 100 images, one generator seeded 0),
-    give the same per-image estimates: their mean and standard error are evaluate.py's."""
+    on the device that evaluate.py chose (device=auto: a GPU if there is one), give the same
+    per-image estimates: their mean and standard error are evaluate.py's."""
     metrics = evaluations[0][0]["evaluation"]["metrics"]
     (best,) = (run_dir / "checkpoints").glob("epoch*.ckpt")
-    model = VAEModule.load_from_checkpoint(best, map_location="cpu").eval()  # trained on a GPU
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # a GPU's sums differ in the 9th digit
+    model = VAEModule.load_from_checkpoint(best, map_location=device).eval()
     data = MNISTDataModule(str(tiny_mnist), **{**TINY_DATA, "binarize": "dynamic"})
     data.setup("test")
     generator = torch.Generator().manual_seed(0)
     nll = torch.cat(
-        [-model.log_likelihood(x, 20, 100, generator).double() for x in data.test_images.split(100)]
+        [
+            -model.log_likelihood(x.to(device), 20, 100, generator).double().cpu()
+            for x in data.test_images.split(100)
+        ]
     )  # (160,)
     assert metrics["test/nll_iw"] == pytest.approx(nll.mean().item(), rel=1e-9)
     se = nll.std().item() / math.sqrt(len(nll))  # sample standard deviation over sqrt(N)
     assert metrics["test/nll_iw_se"] == pytest.approx(se, rel=1e-9) and se > 0
     with torch.no_grad():
-        means = model.encode(data.test_images)[0]  # (160, 2)
+        means = model.encode(data.test_images.to(device))[0].cpu()  # (160, 2)
     assert metrics["test/active_units"] == int((means.var(dim=0) > 0.01).sum())
 
 
