@@ -4,12 +4,12 @@
     python scripts/evaluate.py ckpt_path=outputs/.../checkpoints/last.ckpt iw_samples=5000
 
 Settings: conf/evaluate.yaml. The test data is prepared as in the run (e.g. `binarize`),
-from the settings saved in the checkpoint. Prints a table, adds the numbers to the run's
-metrics.json under "evaluation", and logs test/nll_iw to the run's TensorBoard. A model
+from the settings saved in the checkpoint. Prints a table, keeps the numbers in the run's
+evaluations/<checkpoint>.json (one file per checkpoint evaluated), and logs test/nll_iw to
+the run's TensorBoard. A model
 that is not finite (NaN weights) gets null metrics and fails with a message saying so.
 """
 
-import json
 import logging
 import math
 
@@ -44,6 +44,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     from vaelab.checkpoints import find_checkpoint, load_checkpoint, load_datamodule, where_data
     from vaelab.console import quiet
     from vaelab.metrics import active_units, standard_error
+    from vaelab.records import write_evaluation
 
     checkpoint_path, run_dir = find_checkpoint(cfg.ckpt_path, cfg.run_dir)
     gpu = torch.cuda.is_available()
@@ -106,9 +107,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
     step = checkpoint["global_step"]
     finite = {name: value for name, value in metrics.items() if math.isfinite(value)}
-    summary_path = run_dir / "metrics.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    summary["evaluation"] = {
+    record = {
         "checkpoint": str(checkpoint_path),
         "global_step": step,
         "iw_samples": cfg.iw_samples,
@@ -120,19 +119,19 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         "test_images": count,
         "metrics": {name: finite.get(name) for name in metrics},  # JSON has no NaN: null
     }
-    summary_path.write_text(json.dumps(summary, indent=2))
+    record_path = write_evaluation(run_dir, checkpoint_path, record)
     if len(finite) < len(metrics):
         nan = [name for name, t in model.state_dict().items() if not t.isfinite().all()]
         more = f" and {len(nan) - 1} more weights" if len(nan) > 1 else ""
         why = f"NaN or inf in {nan[0]}{more}" if nan else "in its outputs, not its weights"
         raise UserError(
             f"the model in {checkpoint_path} is not finite ({why}): its metrics are written as "
-            f"null to {summary_path}; evaluate an earlier checkpoint of the run"
+            f"null to {record_path}; evaluate an earlier checkpoint of the run"
         )
     with SummaryWriter(run_dir) as writer:
         for name in ("test/nll_iw", "test/nll_iw_bpd", "test/active_units"):  # ELBO's: there
             writer.add_scalar(name, metrics[name], step)
-    print(f"Wrote {summary_path} and test/nll_iw to the TensorBoard of {run_dir}")
+    print(f"Wrote {record_path} and test/nll_iw to the TensorBoard of {run_dir}")
     return metrics
 
 

@@ -258,7 +258,7 @@ def evaluations(folder):
     """scripts/evaluate.py's results, one JSON file each: test/nll_iw and how cuda and cpu agree."""
     found = {}
     for path in sorted(Path(folder).glob("*.json")):
-        evaluation = json.loads(path.read_text())["evaluation"]
+        evaluation = json.loads(path.read_text())
         found[path.stem] = evaluation["metrics"]
         found[path.stem]["K"] = evaluation["iw_samples"]
     parts = [f"{name}: nll_iw {m['test/nll_iw']:.3f} (se {m['test/nll_iw_se']:.3f}, K={m['K']}), "
@@ -586,7 +586,8 @@ set -u
 mkdir -p "$RES/eval"
 evaluate() { # NAME DEVICE K
   python3 -u scripts/evaluate.py run_dir="$RUNS/default" data.data_dir="$TRAIN_DATA" device="$2" \
-    iw_samples="$3" chunk_size=500 batch_size=500 && cp "$RUNS/default/metrics.json" "$RES/eval/$1.json"
+    iw_samples="$3" chunk_size=500 batch_size=500 &&
+    cp "$RUNS"/default/evaluations/epoch*.json "$RES/eval/$1.json" # the best checkpoint's
 }
 start=$(date +%s)
 evaluate "k$K" "$DEV" "$K" || exit 1

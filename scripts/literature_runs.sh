@@ -36,12 +36,10 @@ evaluate() {  # preset: the best checkpoint, the last snapshot, then snapshots 1
   picked+=($(ls "$run"/checkpoints/epoch*.ckpt 2>/dev/null))
   [ ${#snapshots[@]} -gt 0 ] && picked+=("${snapshots[-1]}")
   while [ "$i" -le ${#snapshots[@]} ]; do picked+=("${snapshots[$((i - 1))]}"); i=$((i * 2)); done
-  mkdir -p "$run/evaluations"
   for ckpt in $(printf '%s\n' "${picked[@]}" | awk '!seen[$0]++'); do
     python scripts/evaluate.py ckpt_path="$ckpt" iw_samples="$k" chunk_size=200 batch_size=500 \
       >>"$out/$1.eval.log" 2>&1
     echo "$1 $(basename "$ckpt"): evaluate.py exit $?" >>"$out/status.txt"
-    cp "$run/metrics.json" "$run/evaluations/$(basename "$ckpt" .ckpt).json"
   done
 }
 

@@ -2,8 +2,9 @@
 
     python scripts/summarize.py outputs/multirun/2026-11-25/10-00-00
 
-Reads each run's metrics.json (written by train.py, also for runs that failed, and by
-scripts/evaluate.py) and .hydra/overrides.yaml; a run that left no metrics.json (killed, or
+Reads each run's metrics.json (written by train.py, also for runs that failed), the
+evaluation of its best checkpoint by scripts/evaluate.py if there is one (else of its latest
+evaluated checkpoint) and .hydra/overrides.yaml; a run that left no metrics.json (killed, or
 still running) is a failed row too. When the sweep varies `seed`, a second table gives each
 other setting's mean and standard deviation over seeds. Writes summary.csv, summary.md and
 summary.png into the sweep folder.
@@ -22,6 +23,8 @@ matplotlib.use("Agg")  # files only, no window
 import matplotlib.pyplot as plt  # noqa: E402
 import yaml  # noqa: E402
 
+from vaelab.records import main_evaluation  # noqa: E402
+
 METRICS = ["best_val_loss", "test/loss", "test/recon", "test/kl", "epochs", "wall_seconds"]
 # From scripts/evaluate.py, when it has been run on a job: its own test/ figures.
 EVALUATED = ["test/nll_iw", "test/nll_iw_se", "test/active_units"]
@@ -32,9 +35,12 @@ def read_run(run_dir: Path) -> dict:
     overrides_file = run_dir / ".hydra" / "overrides.yaml"
     overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
     row = {"run": run_dir.name, "params": dict(o.split("=", 1) for o in overrides if "=" in o)}
+    evaluated = (main_evaluation(run_dir) or {}).get("metrics", {})
+    row |= {k: v for k, v in evaluated.items() if k in EVALUATED}  # shown even if training failed
     summary_file = run_dir / "metrics.json"
     if not summary_file.exists():
-        return {**row, "status": "failed", "reason": "no metrics.json: killed, or still running"}
+        reason = "no metrics.json, no training summary: killed, or still running"
+        return {**row, "status": "failed", "reason": reason}
     try:
         summary = json.loads(summary_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:  # e.g. cut short by a full disk
@@ -45,13 +51,11 @@ def read_run(run_dir: Path) -> dict:
         return {**row, "status": "failed", "reason": reason}
     if "status" in summary:
         row |= {"status": summary["status"], "reason": summary.get("reason", "")}
-    else:  # evaluate.py's figures only: the training was killed, or is still running
+    else:  # not train.py's
         row |= {"status": "failed", "reason": "no training summary: killed, or still running"}
     row |= {key: summary[key] for key in ("epochs", "wall_seconds") if key in summary}
     row["best_val_loss"] = summary.get("best_val_loss")
     row |= {k: v for k, v in summary.get("metrics", {}).items() if k.startswith("test/")}
-    evaluated = summary.get("evaluation", {}).get("metrics", {})
-    row |= {k: v for k, v in evaluated.items() if k in EVALUATED}
     return row
 
 

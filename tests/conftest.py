@@ -155,6 +155,13 @@ def run_python(
     )
 
 
+def read_evaluation(run_dir: Path) -> dict:
+    """The one evaluation that scripts/evaluate.py kept in the run folder, as written to
+    evaluations/<checkpoint>.json."""
+    (path,) = (run_dir / "evaluations").glob("*.json")
+    return json.loads(path.read_text())
+
+
 def read_events(run_dir: Path) -> EventAccumulator:
     """All scalars and images of the TensorBoard event files in a run folder."""
     events = EventAccumulator(str(run_dir), size_guidance={"images": 0, "scalars": 0})

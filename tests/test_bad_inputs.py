@@ -260,11 +260,16 @@ def test_summarize_shows_damaged_and_evaluation_only_jobs_as_failed_rows(tmp_pat
     summaries = {
         "0_seed-0": {"status": "completed", "wall_seconds": 5.0, "best_val_loss": 100.0},
         "1_seed-1": '{"status": "completed", "wall_sec',  # cut short
-        "2_seed-2": {"evaluation": {"metrics": {"test/nll_iw": 99.0}}},  # only evaluate.py's
+        "2_seed-2": None,  # no metrics.json, only evaluate.py's record
     }
     for seed, (name, summary) in enumerate(summaries.items()):
         (tmp_path / name / ".hydra").mkdir(parents=True)
         (tmp_path / name / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"seed={seed}"]))
+        if summary is None:
+            (tmp_path / name / "evaluations").mkdir()
+            evaluation = {"global_step": 8, "metrics": {"test/nll_iw": 99.0}}
+            (tmp_path / name / "evaluations" / "last.json").write_text(json.dumps(evaluation))
+            continue
         text = summary if isinstance(summary, str) else json.dumps(summary)
         (tmp_path / name / "metrics.json").write_text(text)
     result = run_script("summarize", str(tmp_path))

@@ -2,7 +2,6 @@
 one's own, as the README shows it, trains and evaluates."""
 
 import itertools
-import json
 import math
 import re
 from pathlib import Path
@@ -18,7 +17,7 @@ from vaelab.data import MNISTDataModule
 from vaelab.module import VAEModule
 from vaelab.train import train
 
-from .conftest import ROOT, TINY_RUN, run_script, run_train
+from .conftest import ROOT, TINY_RUN, read_evaluation, run_script, run_train
 from .test_config import compose_train
 
 NETWORKS = {
@@ -180,7 +179,7 @@ def test_a_prior_of_ones_own_as_the_readme_shows(tiny_mnist: Path, tmp_path: Pat
         "evaluate", f"run_dir={run_dir}", f"data_dir={tiny_mnist}", "iw_samples=5", trust, env=env
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    evaluation = json.loads((run_dir / "metrics.json").read_text())["evaluation"]
+    evaluation = read_evaluation(run_dir)
     class_name = re.search(r"class (\w+)\(Prior\)", code).group(1)
     assert evaluation["prior"] == class_name
     assert 0 < evaluation["metrics"]["test/nll_iw"] < 784 * 0.7
@@ -211,7 +210,7 @@ def test_own_colour_images_train_evaluate_and_draw(tiny_pt: Path, tmp_path: Path
     for script, args in (("evaluate", ["iw_samples=5"]), ("visualize", [])):
         result = run_script(script, f"run_dir={run_dir}", *args)
         assert result.returncode == 0, result.stderr[-3000:]
-    evaluation = json.loads((run_dir / "metrics.json").read_text())["evaluation"]
+    evaluation = read_evaluation(run_dir)
     assert evaluation["test_images"] == 40 and evaluation["prior"] == "VampPrior"
     pixels = 3 * 16 * 16
     nll = evaluation["metrics"]["test/nll_iw"]

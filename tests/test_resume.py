@@ -278,7 +278,7 @@ def test_a_metrics_csv_cut_short_by_a_kill_keeps_its_whole_rows(
     and keeps the whole rows before the checkpoint's step."""
     from lightning.pytorch.loggers import CSVLogger
 
-    from vaelab.runs import keep_csv_rows
+    from vaelab.loggers import keep_csv_rows
 
     logger = CSVLogger(tmp_path, name="csv", version="")
     Path(logger.log_dir).mkdir(parents=True)

@@ -18,7 +18,7 @@ from vaelab import UserError
 from vaelab.checkpoints import load_checkpoint
 from vaelab.module import VAEModule
 
-from .conftest import ROOT, TINY_RUN, run_script, run_train
+from .conftest import ROOT, TINY_RUN, read_evaluation, run_script, run_train
 from .test_parts import readme_blocks
 
 pytestmark = pytest.mark.slow  # a tiny training run, and scripts run as a user runs them
@@ -199,7 +199,7 @@ def test_a_part_of_ones_own_loads_when_trusted(
     assert f"pass trust=['{module}']" in message
     result = run_script(*args, f"trust=[{module}]", env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads((tmp_path / "metrics.json").read_text())["evaluation"]["prior"] == class_name
+    assert read_evaluation(tmp_path)["prior"] == class_name
 
     monkeypatch.syspath_prepend(str(folder))
     with pytest.raises(UserError, match=re.escape(f"trust=['{module}']")):
@@ -305,8 +305,8 @@ def test_nan_weights_evaluate_to_null_and_say_so(
     assert message.startswith(f"the model in {path} is not finite (NaN or inf in encoder.mean.")
 
     def no_nan(name: str) -> None:
-        raise AssertionError(f"metrics.json holds {name}, which is not JSON")
+        raise AssertionError(f"the evaluation holds {name}, which is not JSON")
 
-    summary = json.loads((tmp_path / "metrics.json").read_text(), parse_constant=no_nan)
-    metrics = summary["evaluation"]["metrics"]
+    (record,) = (tmp_path / "evaluations").glob("*.json")
+    metrics = json.loads(record.read_text(), parse_constant=no_nan)["metrics"]
     assert metrics["test/nll_iw"] is None and metrics["test/loss"] is None

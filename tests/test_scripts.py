@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from vaelab.data import MNISTDataModule
 from vaelab.datasets import IDX_FILES
 from vaelab.module import VAEModule
 
-from .conftest import TINY_RUN, TINY_TEST, read_events, run_script, run_train
+from .conftest import TINY_RUN, TINY_TEST, read_evaluation, read_events, run_script, run_train
 
 pytestmark = pytest.mark.slow  # every test runs train.py or a script
 TINY_DATA = {"val_size": 64, "batch_size": 32, "eval_batch_size": 64}  # as TINY_RUN has them
@@ -39,21 +40,22 @@ def run_dir(tiny_mnist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def evaluations(run_dir: Path, tiny_mnist: Path) -> list[tuple[dict, str]]:
-    """metrics.json and the printed table after evaluating the best checkpoint twice, named
-    once by its run folder and once by its path, and its data folder by both its names."""
+    """The training's metrics.json, the evaluation kept in evaluations/ and the printed table
+    after evaluating the best checkpoint twice, named once by its run folder and once by its
+    path, and its data folder by both its names."""
     (best,) = (run_dir / "checkpoints").glob("epoch*.ckpt")
     results = []
     # data.data_dir, as training names it, and data_dir, its old name, still accepted
     for name, data in ((f"run_dir={run_dir}", "data.data_dir"), (f"ckpt_path={best}", "data_dir")):
         result = run_script("evaluate", name, f"{data}={tiny_mnist}", "iw_samples=20")
         assert result.returncode == 0, result.stderr
-        results.append((json.loads((run_dir / "metrics.json").read_text()), result.stdout))
+        summary = json.loads((run_dir / "metrics.json").read_text())
+        results.append((summary, read_evaluation(run_dir), result.stdout))
     return results
 
 
 def test_evaluate_reports_the_test_metrics(evaluations: list, run_dir: Path) -> None:
-    summary, table = evaluations[0]
-    evaluation = summary["evaluation"]
+    summary, evaluation, table = evaluations[0]
     assert summary["status"] == "completed" and "test/loss" in summary["metrics"]  # training's
     assert Path(evaluation["checkpoint"]).name.startswith("epoch")  # the best, not last.ckpt
     assert evaluation["binarize"] == "dynamic"  # the run's data settings
@@ -77,7 +79,7 @@ def test_the_iw_estimate_and_its_standard_error_computed_directly(
     """The same draws, in the same order (batches of 100 images, one generator seeded 0),
     on the device that evaluate.py chose (device=auto: a GPU if there is one), give the same
     per-image estimates: their mean and standard error are evaluate.py's."""
-    metrics = evaluations[0][0]["evaluation"]["metrics"]
+    metrics = evaluations[0][1]["metrics"]
     (best,) = (run_dir / "checkpoints").glob("epoch*.ckpt")
     device = "cuda" if torch.cuda.is_available() else "cpu"  # a GPU's sums differ in the 9th digit
     model = VAEModule.load_from_checkpoint(best, map_location=device).eval()
@@ -99,9 +101,9 @@ def test_the_iw_estimate_and_its_standard_error_computed_directly(
 
 
 def test_two_evaluations_agree_exactly(evaluations: list) -> None:
-    (first, _), (second, _) = evaluations
-    assert first["evaluation"]["metrics"] == second["evaluation"]["metrics"]
-    assert first["evaluation"]["checkpoint"] == second["evaluation"]["checkpoint"]
+    (_, first, _), (_, second, _) = evaluations
+    assert first["metrics"] == second["metrics"]
+    assert first["checkpoint"] == second["checkpoint"]
 
 
 def test_visualize_writes_the_pictures(run_dir: Path, tiny_mnist: Path) -> None:
@@ -165,3 +167,27 @@ def test_missing_data_is_the_message_training_gives(
     for output in (result.stderr, trained.stderr):
         assert message in output and "data.data_dir=" in output and "Traceback" not in output
         assert all(name in output for name in IDX_FILES)
+
+
+@pytest.mark.slow
+def test_each_checkpoint_keeps_its_own_evaluation(
+    evaluations: list, run_dir: Path, tiny_mnist: Path, tmp_path: Path
+) -> None:
+    """Evaluating another checkpoint of the run adds its record beside the best one's, and
+    leaves the training's metrics.json as training wrote it."""
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    training = (copy / "metrics.json").read_text()
+    (best,) = (copy / "evaluations").glob("epoch*.json")
+    kept = best.read_text()
+    last = copy / "checkpoints" / "last.ckpt"
+    result = run_script(
+        "evaluate", f"ckpt_path={last}", f"data.data_dir={tiny_mnist}", "iw_samples=3"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in (copy / "evaluations").iterdir()) == sorted(
+        [best.name, "last.json"]
+    )
+    assert best.read_text() == kept and (copy / "metrics.json").read_text() == training
+    record = json.loads((copy / "evaluations" / "last.json").read_text())
+    assert (record["checkpoint"], record["iw_samples"]) == (str(last), 3)

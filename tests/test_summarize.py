@@ -20,9 +20,11 @@ def fake_run(folder: Path, overrides: list[str], metrics: dict, nll_iw: float) -
         "epochs": 10,
         "best_val_loss": metrics["test/loss"] + 1,
         "metrics": metrics,
-        "evaluation": {"metrics": {"test/nll_iw": nll_iw, "test/active_units": 20}},
     }
     (folder / "metrics.json").write_text(json.dumps(summary))
+    evaluation = {"global_step": 100, "metrics": {"test/nll_iw": nll_iw, "test/active_units": 20}}
+    (folder / "evaluations").mkdir()
+    (folder / "evaluations" / "epoch=9-step=100.json").write_text(json.dumps(evaluation))
 
 
 def test_a_sweep_over_seeds_gets_each_settings_mean_and_spread(tmp_path: Path) -> None:

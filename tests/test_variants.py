@@ -27,7 +27,7 @@ from vaelab.losses import (
 from vaelab.module import VAEModule
 from vaelab.networks import reparameterize
 
-from .conftest import TINY_RUN, read_events, run_script, run_train
+from .conftest import TINY_RUN, read_evaluation, read_events, run_script, run_train
 from .helpers import conv_vae, mlp_vae
 
 CONTINUOUS_BERNOULLI = {"_target_": "vaelab.likelihoods.ContinuousBernoulli"}
@@ -294,7 +294,7 @@ def test_a_conditional_model_is_evaluated_and_drawn(
 ) -> None:
     run_dir = experiment_runs["cvae"]
     study("evaluate", run_dir, tiny_mnist, "iw_samples=10")
-    evaluation = json.loads((run_dir / "metrics.json").read_text())["evaluation"]
+    evaluation = read_evaluation(run_dir)
     assert evaluation["conditional"] is True
     assert 0 < evaluation["metrics"]["test/nll_iw"] <= evaluation["metrics"]["test/loss"]
     study("visualize", run_dir, tiny_mnist)
@@ -321,12 +321,13 @@ def test_a_continuous_bernoulli_model_is_evaluated_with_its_likelihood(
     other draws, agrees within their noise."""
     run_dir = experiment_runs["continuous_bernoulli"]
     study("evaluate", run_dir, tiny_mnist, "iw_samples=10")  # seed 0, 100 images a batch
-    summary = json.loads((run_dir / "metrics.json").read_text())
-    assert summary["evaluation"]["likelihood"] == "ContinuousBernoulli"
-    evaluated, trained = summary["evaluation"]["metrics"], summary["metrics"]
+    evaluation = read_evaluation(run_dir)
+    assert evaluation["likelihood"] == "ContinuousBernoulli"
+    evaluated = evaluation["metrics"]
+    trained = json.loads((run_dir / "metrics.json").read_text())["metrics"]
 
     device = "cuda" if torch.cuda.is_available() else "cpu"  # where evaluate.py ran (auto)
-    model, checkpoint = load_checkpoint(summary["evaluation"]["checkpoint"], device)
+    model, checkpoint = load_checkpoint(evaluation["checkpoint"], device)
     data = load_datamodule(checkpoint, {"data_dir": str(tiny_mnist)}, eval_batch_size=100)
     data.setup("test")
     torch.manual_seed(0)  # evaluate.py's seed, before its test loop draws the noise

@@ -1,6 +1,5 @@
-"""Fit a VAE from a composed Hydra config; the root `train.py` is its command line."""
+"""Fit a VAE from a composed Hydra config; the root `train.py` is its command line, `main`."""
 
-import json
 import logging
 import random
 import re
@@ -17,15 +16,33 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
+from vaelab import records
 from vaelab.checkpoints import check_checkpoint
 from vaelab.config import check_run, check_types
-from vaelab.console import print_config, quiet
+from vaelab.console import one_line_errors, print_config, quiet
 from vaelab.errors import UserError
-from vaelab.runs import claim_folder, continue_logging, keep_csv_rows
+from vaelab.loggers import continue_logging, keep_csv_rows, log_final
+from vaelab.runs import FolderRefused, claim_folder
+
+
+def main(cfg: DictConfig) -> float:
+    """`train`, for the command line: a UserError as one line, a SIGTERM as its usual exit
+    status, and any other failure recorded in metrics.json before Hydra reports it."""
+    start = time.perf_counter()
+    with one_line_errors():
+        try:
+            return train(cfg)
+        except SIGTERMException:  # Lightning stopped after a batch; last.ckpt holds the state
+            raise SystemExit(128 + 15) from None  # the usual status of a process ended so
+        except FolderRefused:  # the folder, and any metrics.json in it, belong to another run
+            raise
+        except Exception as err:  # recorded for scripts/summarize.py, then reported by Hydra
+            write_summary(cfg, "failed", start, reason=f"{type(err).__name__}: {err}")
+            raise
 
 
 def train(cfg: DictConfig) -> float:
@@ -82,19 +99,9 @@ def train(cfg: DictConfig) -> float:
             model, datamodule=datamodule, ckpt_path=best_path, weights_only=True
         )
 
-    # Each logger gets the hyperparameters next to the final figures of this run; TensorBoard
-    # takes both in one call, which fills its HParams tab.
     params = {**model.hparams, **datamodule.hparams}
     final = {"hp/best_val_loss": best_val_loss, "hp/test_loss": test_metrics["test/loss"]}
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            logger.log_hyperparams(params, final, trainer.global_step)
-        else:
-            logger.log_hyperparams(params)
-            logger.log_metrics(final, trainer.global_step)
-        logger.finalize("success")  # flush: the trainer has closed the logger already
-        if isinstance(logger, WandbLogger):  # its finalize leaves the run open for the next
-            logger.experiment.finish()  # WandbLogger in this process, e.g. a sweep's next job
+    log_final(trainer, params, final)
     if trainer.is_global_zero:
         metrics = {**fit_metrics, **test_metrics}
         epochs = trainer.current_epoch
@@ -116,15 +123,15 @@ def best_checkpoint(trainer: L.Trainer) -> ModelCheckpoint:
 
 
 def write_summary(cfg: DictConfig, status: str, start: float, **fields: Any) -> None:
-    """metrics.json in the run folder: what the sweep summary reads."""
-    summary = {
+    """The run's metrics.json, what scripts/summarize.py reads: status, overrides, figures."""
+    record = {
         "status": status,
         "overrides": list(HydraConfig.get().overrides.task),
         "wall_seconds": time.perf_counter() - start,
         "torch_threads": torch.get_num_threads(),  # hydra/launcher=cpu_parallel: one per job
         **fields,
     }
-    (Path(cfg.output_dir) / "metrics.json").write_text(json.dumps(summary, indent=2))
+    records.write_summary(cfg.output_dir, record)
 
 
 def resume_from(cfg: DictConfig) -> str | None:
