@@ -267,7 +267,7 @@ def evaluations(folder):
     if "k100_cuda" in found and "k100_cpu" in found:
         gap = found["k100_cuda"]["test/nll_iw"] - found["k100_cpu"]["test/nll_iw"]
         parts.append(f"cuda - cpu, the same noise: {gap:+.5f} nats")
-    print("; ".join(parts) + " (CPU, README: 101.03 at K=1000, 105.99 ELBO)" if parts else "none")
+    print("; ".join(parts) + " (CPU, docs/results.md: 101.03 at K=1000, 105.99 ELBO)" if parts else "none")
 
 
 def pytest_result(log):

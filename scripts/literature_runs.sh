@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The papers' presets side by side on one GPU for a fixed time, then test/nll_iw (K = 5000) of
-# snapshots along the way: the rows and the curve of the README's "Against the literature".
+# snapshots along the way: the rows and the curve of "Against the literature" in docs/results.md.
 #
 #   scripts/literature_runs.sh MINUTES OUT_DIR [PRESET ...]
 #
