@@ -31,10 +31,10 @@ def bernoulli_nll(logits: Tensor, x: Tensor) -> Tensor:
     """-log p(x|z) for independent Bernoulli pixels given their logits.
 
     Binary cross-entropy from logits (stable, autocast-safe), summed over pixels:
-    logits (..., B, 784) and x (B, ...) with 784 values per example -> (..., B), e.g. K draws
+    logits (..., B, D) and x (B, ...) with D values per example -> (..., B), e.g. K draws
     of z decoded at once.
     """
-    target = x.flatten(1).expand_as(logits)  # (B, 1, 28, 28) -> (B, 784) -> (..., B, 784)
+    target = x.flatten(1).expand_as(logits)  # (B, C, H, W) -> (B, D) -> (..., B, D), D = C*H*W
     return F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(-1)
 
 

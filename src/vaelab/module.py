@@ -221,7 +221,7 @@ class VAEModule(L.LightningModule):
         log q(z|x) scaled by `weight` (recon and KL then averaged over the K draws)."""
         c = self._condition(labels, len(x))
         mean, logvar = self.encoder(x, c)  # (B, latent) each
-        if iw_samples == 1:  # 2-D tensors: a (1, B, ...) shape costs this small network ~20%
+        if iw_samples == 1:  # 2-D tensors: a small network runs slower on (1, B, ...) shapes
             z = reparameterize(mean, logvar)
             recon, kl = self.likelihood.nll(self.decoder(z, c), x), self.prior.kl(mean, logvar, z)
             return Terms(recon, kl, recon + weight * kl)

@@ -76,8 +76,8 @@ class MLPEncoder(nn.Module):
         self.logvar = nn.Linear(hidden_sizes[-1], latent_size)
 
     def forward(self, x: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        h = with_condition(x.flatten(1), c)  # (B, 1, 28, 28) -> (B, 784 [+ C])
-        h = self.body(h)  # (B, 784 [+ C]) -> (B, hidden)
+        h = with_condition(x.flatten(1), c)  # (B, C, H, W) -> (B, C*H*W [+ k])
+        h = self.body(h)  # (B, C*H*W [+ k]) -> (B, hidden)
         return self.mean(h), self.logvar(h)
 
 
@@ -99,7 +99,7 @@ class MLPDecoder(nn.Module):
         self.logits = nn.Linear(hidden_sizes[-1], math.prod(image_shape))
 
     def forward(self, z: Tensor, c: Tensor | None = None) -> Tensor:
-        return self.logits(self.body(with_condition(z, c)))  # (..., latent) -> (..., 784)
+        return self.logits(self.body(with_condition(z, c)))  # (..., latent) -> (..., C*H*W)
 
 
 class ConvEncoder(nn.Module):
@@ -124,7 +124,7 @@ class ConvEncoder(nn.Module):
         self.logvar = nn.Linear(features, latent_size)
 
     def forward(self, x: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        h = with_condition(self.body(x), c)  # (B, 1, 28, 28) -> (B, 64, 7, 7) -> (B, 3136 [+ C])
+        h = with_condition(self.body(x), c)  # (B, C, H, W) -> (B, c, h, w) -> (B, c*h*w [+ k])
         return self.mean(h), self.logvar(h)
 
 
@@ -157,12 +157,13 @@ class ConvDecoder(nn.Module):
     def forward(self, z: Tensor, c: Tensor | None = None) -> Tensor:
         h = self.project(with_condition(z, c))  # (..., latent [+ C]) -> (..., 64 * 7 * 7)
         leading = h.shape[:-1]
-        h = self.body(h.reshape(-1, *self.start))  # (N, 64, 7, 7) -> (N, 1, 28, 28)
-        return h.reshape(*leading, -1)  # (N, 1, 28, 28) -> (..., 784)
+        h = self.body(h.reshape(-1, *self.start))  # (N, c, h, w) -> (N, C, H, W)
+        return h.reshape(*leading, -1)  # (N, C, H, W) -> (..., C*H*W)
 
 
 def with_condition(z: Tensor, c: Tensor | None) -> Tensor:
-    """z with c appended to its last dimension; c (B, C) is repeated over z's leading draws."""
+    """z with c appended to its last dimension; c (B, k), one-hot of k classes, is repeated over
+    z's leading draws."""
     return z if c is None else torch.cat([z, c.expand(*z.shape[:-1], c.shape[-1])], -1)
 
 
