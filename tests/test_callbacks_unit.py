@@ -1,0 +1,168 @@
+"""The callbacks that make a run resumable and safe, in-process on a tiny model: LastCheckpoint,
+RandomState, DivergenceStop; and the diagnostics: ImageLogger, LossProgressBar."""
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from vaelab.batches import InMemoryBatches
+from vaelab.callbacks import (
+    DivergenceError,
+    DivergenceStop,
+    ImageLogger,
+    LastCheckpoint,
+    LossProgressBar,
+    RandomState,
+)
+from vaelab.errors import UserError
+
+from .helpers import ExplodingVAE, mlp_vae
+
+SHAPE = (1, 6, 6)
+TINY = {"hidden_sizes": [8], "latent_size": 2, "image_shape": SHAPE}
+
+
+def batches(count: int = 20, batch_size: int = 4) -> InMemoryBatches:
+    """`count` random images in [0, 1] with labels 0..9, `count // batch_size` batches."""
+    images = torch.rand(count, *SHAPE, generator=torch.Generator().manual_seed(0))
+    return InMemoryBatches(images, torch.arange(count) % 10, batch_size, shuffle=False)
+
+
+def trainer(tmp_path: Path, callbacks: list, **flags: object) -> L.Trainer:
+    """A CPU trainer of one epoch without validation, loggers or checkpoints but `callbacks`'."""
+    settings = {
+        "max_epochs": 1,
+        "limit_val_batches": 0,
+        "log_every_n_steps": 1,
+        "enable_progress_bar": False,
+        # Lightning adds a ModelCheckpoint unless a Checkpoint (LastCheckpoint is one) is given.
+        "enable_checkpointing": any(isinstance(c, Checkpoint) for c in callbacks),
+        **flags,
+    }
+    return L.Trainer(
+        accelerator="cpu",
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+        **settings,
+    )
+
+
+class SavedAt(L.Callback):
+    """The global step of each checkpoint the trainer writes."""
+
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+
+    def on_save_checkpoint(self, trainer: L.Trainer, *args: object) -> None:
+        self.steps.append(trainer.global_step)
+
+
+def test_last_checkpoint_saves_every_n_steps_and_after_each_epoch(tmp_path: Path) -> None:
+    """Five steps an epoch, every 2: steps 2 and 4, the epoch's end (5), 6 and 8, not 10 (the
+    epoch's last batch, whose state the epoch's end saves after validation), then 10."""
+    saved = SavedAt()
+    last = LastCheckpoint(str(tmp_path), every_n_train_steps=2)
+    trainer(tmp_path, [last, saved], max_epochs=2).fit(mlp_vae(**TINY), batches())
+    assert saved.steps == [2, 4, 5, 6, 8, 10]
+    assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == 10
+
+
+def test_last_checkpoint_keeps_where_max_steps_stops_inside_an_epoch(tmp_path: Path) -> None:
+    last = LastCheckpoint(str(tmp_path), every_n_train_steps=0)
+    trainer(tmp_path, [last], max_steps=3).fit(mlp_vae(**TINY), batches())
+    checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    progress = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]
+    # Saved inside the epoch (Lightning counts the batch completed after its hooks), not as
+    # the epoch's end, which would resume into the next epoch.
+    assert (checkpoint["global_step"], checkpoint["epoch"]) == (3, 0)
+    assert progress["current"]["processed"] == 3 and not progress["is_last_batch"]
+
+
+@pytest.mark.parametrize("every", [-1, -500])
+def test_last_checkpoint_refuses_a_negative_period(tmp_path: Path, every: int) -> None:
+    with pytest.raises(UserError, match=f"every_n_train_steps={every} is invalid: use 0"):
+        LastCheckpoint(str(tmp_path), every_n_train_steps=every)
+
+
+def test_random_state_goes_on_from_the_saved_state(tmp_path: Path) -> None:
+    torch.manual_seed(3)
+    state = RandomState().state_dict()
+    expected = torch.rand(5)
+    torch.manual_seed(99)  # what a resumed process would have instead
+    resumed = RandomState()
+    resumed.load_state_dict(state)
+    resumed.on_train_start(None, None)  # type: ignore[arg-type]  # reads neither
+    assert torch.equal(torch.rand(5), expected)
+    torch.manual_seed(99)
+    resumed.on_train_start(None, None)  # type: ignore[arg-type]  # once only: nothing to restore
+    assert not torch.equal(torch.rand(5), expected)
+
+
+def test_divergence_stop_names_the_step_and_the_last_good_checkpoint(tmp_path: Path) -> None:
+    model = ExplodingVAE(
+        explode_at_step=3,
+        encoder={"_target_": "vaelab.networks.MLPEncoder", "hidden_sizes": [8]},
+        decoder={"_target_": "vaelab.networks.MLPDecoder", "hidden_sizes": [8]},
+        latent_size=2,
+        image_shape=SHAPE,
+    )
+    last = LastCheckpoint(str(tmp_path), every_n_train_steps=2)
+    saved = SavedAt()
+    with pytest.raises(DivergenceError) as caught:
+        trainer(tmp_path, [last, DivergenceStop(), saved], max_epochs=2).fit(model, batches())
+    message = str(caught.value)
+    assert "not finite at step 3" in message and str(tmp_path / "last.ckpt") in message
+    assert "smaller model.lr" in message
+    assert saved.steps == [2]  # the save at step 4 found the divergence first
+    assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == 2
+
+
+def test_divergence_at_the_first_step_points_at_the_data_and_settings(tmp_path: Path) -> None:
+    model = ExplodingVAE(
+        explode_at_step=0,
+        encoder={"_target_": "vaelab.networks.MLPEncoder", "hidden_sizes": [8]},
+        decoder={"_target_": "vaelab.networks.MLPDecoder", "hidden_sizes": [8]},
+        latent_size=2,
+        image_shape=SHAPE,
+    )
+    with pytest.raises(DivergenceError, match="at step 0, .* none was saved. Check the data"):
+        trainer(tmp_path, [DivergenceStop()]).fit(model, batches())
+
+
+def test_image_logger_logs_the_three_pictures_each_validation(tmp_path: Path) -> None:
+    logger = TensorBoardLogger(tmp_path, name="", version="")
+    run = L.Trainer(
+        accelerator="cpu",
+        logger=logger,
+        max_epochs=2,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[ImageLogger(num_images=4, num_samples=4, nrow=2)],
+    )
+    run.fit(mlp_vae(**TINY), batches(), batches(8))
+    events = EventAccumulator(str(tmp_path), size_guidance={"images": 0})
+    events.Reload()
+    names = {"val/reconstructions", "val/samples", "val/interpolations"}
+    assert names <= set(events.Tags()["images"])
+    assert [image.step for image in events.Images("val/samples")] == [5, 10]  # each epoch
+
+
+def test_image_logger_refuses_zero_images() -> None:
+    with pytest.raises(UserError, match="num_images=0"):
+        ImageLogger(num_images=0)
+
+
+def test_loss_progress_bar_shows_the_latest_loss(tmp_path: Path) -> None:
+    bar = LossProgressBar(refresh_rate=0)
+    run = trainer(tmp_path, [bar], enable_progress_bar=True, max_steps=2)
+    run.fit(mlp_vae(**TINY), batches())
+    assert bar.loss is not None and torch.isfinite(bar.loss)
