@@ -138,6 +138,12 @@ class LossProgressBar(TQDMProgressBar):
         self.loss = outputs["loss"]
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # The model logs the last epoch's train/ metrics after the bar's on_train_epoch_end.
+        if not self.train_progress_bar.disable:
+            self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))
+        super().on_train_end(trainer, pl_module)
+
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
         metrics = super().get_metrics(trainer, pl_module)
         if self.loss is not None and trainer.training:
