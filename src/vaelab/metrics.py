@@ -34,19 +34,21 @@ class EpochSums:
     def state_dict(self, stage: str) -> dict[str, Any]:
         """The stage's sums so far by name, and its count: plain values for a checkpoint."""
         sums = self.sums[stage].cpu() if stage in self.sums else torch.zeros(len(self.names))
-        return {**dict(zip(self.names, sums, strict=True)), "count": self.counts.get(stage, 0)}
+        return {
+            "sums": dict(zip(self.names, sums, strict=True)),
+            "count": self.counts.get(stage, 0),
+        }
 
     def load_state_dict(self, stage: str, state: dict[str, Any], device: torch.device) -> None:
         """Go on from a `state_dict`'s sums, on `device`."""
         if not state["count"]:  # saved at an epoch's end
             return
-        names = [name for name in state if name != "count"]
-        if names != list(self.names):
+        if list(state["sums"]) != list(self.names):
             raise UserError(
-                f"the checkpoint's epoch sums are of {names}, but this model's terms are "
-                f"{list(self.names)}: resume from a checkpoint saved at an epoch's end"
+                f"the checkpoint's epoch sums are of {list(state['sums'])}, but this model's "
+                f"terms are {list(self.names)}: resume from a checkpoint saved at an epoch's end"
             )
-        self.sums[stage] = torch.stack([state[name] for name in names]).to(device)
+        self.sums[stage] = torch.stack(list(state["sums"].values())).to(device)
         self.counts[stage] = state["count"]
 
 
