@@ -40,7 +40,6 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
-    from vaelab.callbacks import EpochMetrics
     from vaelab.checkpoints import find_checkpoint, load_checkpoint, load_datamodule, where_data
     from vaelab.console import quiet
     from vaelab.metrics import active_units, standard_error
@@ -59,7 +58,6 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         accelerator=DEVICES[cfg.device],
         devices=1,
         logger=False,
-        callbacks=[EpochMetrics()],
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,

@@ -1,15 +1,19 @@
-"""The evaluation's statistics: the standard error of a mean, and the active units."""
+"""The statistics: an epoch's sums and the means the model logs from them without any
+callback, the standard error of a mean, and the active units."""
 
 import math
 from pathlib import Path
 
 import lightning as L
 import numpy as np
+import pytest
 import torch
 
+from vaelab import UserError
 from vaelab.callbacks import ActiveUnits
 from vaelab.data import MNISTDataModule
-from vaelab.metrics import active_units, standard_error
+from vaelab.losses import Terms
+from vaelab.metrics import EpochSums, active_units, standard_error
 from vaelab.module import VAEModule
 
 
@@ -50,3 +54,41 @@ def test_active_units_are_logged_after_each_validation(tiny_mnist: Path) -> None
     expected = active_units(model.encode(data.val_images)[0].detach())
     assert expected == 4  # the two ignored dimensions are not active
     assert trainer.callback_metrics["val/active_units"].item() == expected
+
+
+def test_epoch_sums_add_up_each_stage_by_name_and_go_on_from_their_state() -> None:
+    sums = EpochSums(["a", "b"])
+    sums.add("train", [torch.tensor([1.0, 2.0]), torch.tensor([10.0, 20.0])])
+    sums.add("val", [torch.tensor([5.0]), torch.tensor([7.0])])
+    sums.add("train", [torch.tensor([3.0]), torch.tensor([30.0])])
+    state = sums.state_dict("train")
+    assert state["count"] == 3 and {name: float(t) for name, t in state["sums"].items()} == {
+        "a": 6.0,
+        "b": 60.0,
+    }
+    assert sums.pop("train").tolist() == [6.0, 60.0, 3.0]  # the count last
+    assert sums.pop("val").tolist() == [5.0, 7.0, 1.0]
+    assert sums.state_dict("train") == {"sums": {"a": 0.0, "b": 0.0}, "count": 0}
+    resumed = EpochSums(["a", "b"])
+    resumed.load_state_dict("train", state, torch.device("cpu"))
+    resumed.add("train", [torch.tensor([1.0]), torch.tensor([1.0])])
+    assert resumed.pop("train").tolist() == [7.0, 61.0, 4.0]
+    with pytest.raises(UserError, match=r"epoch sums are of \['a', 'b'\], but this model's"):
+        EpochSums(["a", "c"]).load_state_dict("train", state, torch.device("cpu"))
+
+
+def test_the_model_logs_each_terms_epoch_mean_with_no_callback(tiny_mnist: Path) -> None:
+    """The test set in two batches: test/kl (no noise in the standard prior's closed form) is
+    the mean over all its images, whatever the batches, and test/loss is recon + kl."""
+    torch.manual_seed(0)
+    model = VAEModule(latent_size=4)
+    data = MNISTDataModule(str(tiny_mnist), val_size=64, eval_batch_size=100)
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, accelerator="cpu")
+    (metrics,) = trainer.test(model, datamodule=data, verbose=False)
+    assert set(metrics) == {f"test/{name}" for name in Terms._fields if name != "objective"} | {
+        "test/loss"
+    }
+    with torch.no_grad():
+        kl = model.loss_terms(data.test_images).kl  # (160,)
+    assert metrics["test/kl"] == pytest.approx(kl.mean().item(), rel=1e-6)
+    assert metrics["test/loss"] == pytest.approx(metrics["test/recon"] + metrics["test/kl"])

@@ -12,7 +12,6 @@ import torch
 from PIL import Image
 
 from vaelab import UserError
-from vaelab.callbacks import EpochMetrics
 from vaelab.data import MNISTDataModule
 from vaelab.module import VAEModule
 from vaelab.train import train
@@ -73,7 +72,6 @@ def test_every_combination_trains_a_step_and_loads_from_its_checkpoint(
     trainer = L.Trainer(
         max_steps=1,
         limit_val_batches=0,
-        callbacks=[EpochMetrics()],
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,

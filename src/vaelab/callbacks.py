@@ -1,4 +1,4 @@
-"""Lightning callbacks: epoch metrics, pictures, a lean progress bar, and what makes runs
+"""Lightning callbacks: active units, pictures, a lean progress bar, and what makes runs
 resumable and safe (last.ckpt, the random state, a stop on divergence)."""
 
 import os
@@ -46,94 +46,6 @@ class ActiveUnits(L.Callback):
 
 class DivergenceError(UserError):
     """Training produced a non-finite loss; reported like a user error, without a traceback."""
-
-
-class EpochMetrics(L.Callback):
-    """Log each epoch's recon, KL and loss (the negative ELBO) as means per example, and in
-    training the objective that was optimized (and the KL weight during a warm-up).
-
-    Each step returns its batch's sums, which are added up on the device and read once per
-    epoch: a `self.log` per step costs about a tenth of this network's training step on a CPU
-    and reads the value. The training sums of an unfinished epoch are saved in checkpoints,
-    so that a resumed run reports the same means as an uninterrupted one.
-    """
-
-    def __init__(self) -> None:
-        self.totals: dict[str, Tensor] = {}  # per stage: summed recon, KL, objective
-        self.counts: dict[str, int] = {}  # per stage: examples seen in the epoch
-        self.resumed: dict[str, Any] | None = None
-
-    def state_dict(self) -> dict[str, Any]:
-        totals = self.totals.get("train", torch.zeros(3)).cpu()
-        return {"totals": totals, "count": self.counts.get("train", 0)}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.resumed = state_dict  # restored once training starts, on the training device
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: "VAEModule") -> None:
-        if self.resumed is not None and self.resumed["count"]:
-            self.totals["train"] = self.resumed["totals"].to(pl_module.device)
-            self.counts["train"] = self.resumed["count"]
-        self.resumed = None
-
-    def add(self, stage: str, outputs: dict[str, Tensor], batch: Batch) -> None:
-        self.totals[stage] = self.totals.get(stage, 0) + outputs["sums"]
-        self.counts[stage] = self.counts.get(stage, 0) + len(batch[0])
-
-    def on_train_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-    ) -> None:
-        self.add("train", outputs, batch)
-
-    def on_validation_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        self.add("val", outputs, batch)
-
-    def on_test_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        self.add("test", outputs, batch)
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: "VAEModule") -> None:
-        self.log_means("train", trainer, pl_module)
-
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: "VAEModule") -> None:
-        self.log_means("val", trainer, pl_module)
-
-    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: "VAEModule") -> None:
-        self.log_means("test", trainer, pl_module)
-
-    def log_means(self, stage: str, trainer: L.Trainer, pl_module: "VAEModule") -> None:
-        """Log the epoch's means per example, summed over all processes first."""
-        sums = self.totals.pop(stage)
-        totals = torch.cat([sums, sums.new_tensor([self.counts.pop(stage)])])
-        recon, kl, objective, count = trainer.strategy.reduce(totals, reduce_op="sum")
-        metrics = {f"{stage}/recon": recon / count, f"{stage}/kl": kl / count}
-        if stage == "train":  # what was optimized, e.g. with beta, warm-up or K > 1
-            metrics["train/objective"] = objective / count
-            if pl_module.hparams.kl_warmup_epochs:
-                metrics["train/kl_weight"] = pl_module.current_kl_weight()  # at the epoch's end
-        # Every process holds the same sums now; sync_dist only keeps Lightning from warning.
-        pl_module.log_dict(metrics, sync_dist=True)
-        pl_module.log(f"{stage}/loss", (recon + kl) / count, prog_bar=True, sync_dist=True)
 
 
 class ImageLogger(L.Callback):
@@ -225,6 +137,12 @@ class LossProgressBar(TQDMProgressBar):
     ) -> None:
         self.loss = outputs["loss"]
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # The model logs the last epoch's train/ metrics after the bar's on_train_epoch_end.
+        if not self.train_progress_bar.disable:
+            self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))
+        super().on_train_end(trainer, pl_module)
 
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
         metrics = super().get_metrics(trainer, pl_module)

@@ -1,4 +1,8 @@
-"""The LightningModule: a VAE assembled from its parts, and the objective it minimizes."""
+"""The LightningModule: a VAE assembled from its parts, and the objective it minimizes.
+
+Its metrics are the epoch means of the fields of `vaelab.losses.Terms`, logged as stage/field:
+a new term is a field there, filled in `VAEModule.loss_terms`, and nothing else changes.
+"""
 
 import math
 import os
@@ -23,6 +27,7 @@ from vaelab.losses import (
     kl_weight,
     log_importance_weights,
 )
+from vaelab.metrics import EpochSums
 from vaelab.networks import reparameterize
 from vaelab.parts import build_part, check_optimizer, check_targets, check_trust
 from vaelab.schedules import check_scheduler
@@ -93,6 +98,8 @@ class VAEModule(L.LightningModule):
         self.prior = build_part("prior", prior, {**context, "encoder": self.encoder})
         self.likelihood = build_part("likelihood", likelihood, context)
         self.configure_optimizers()  # so that a bad optimizer setting is named now
+        self.epoch_sums = EpochSums(Terms._fields)  # what each epoch logs, per stage
+        self.resumed_sums: dict[str, Any] | None = None  # a checkpoint's, until training starts
         if compile:  # in place, so checkpoints keep their keys; dynamic: the last batch is smaller
             self.encoder.compile(dynamic=True)
             self.decoder.compile(dynamic=True)
@@ -138,15 +145,42 @@ class VAEModule(L.LightningModule):
 
     def _step(self, batch: tuple[Tensor, Tensor], stage: Stage) -> dict[str, Tensor]:
         """The mean objective (in training the configured one, else the negative ELBO, so that
-        val/loss compares across variants) and the batch's sums, which `EpochMetrics` logs."""
+        val/loss compares across variants); each term's sum goes into the epoch's."""
         x, labels = batch
         labels = labels if self.hparams.conditional else None
         if stage == "train":
             terms = self.loss_terms(x, labels, self.hparams.iw_samples, self.current_kl_weight())
         else:
             terms = self.loss_terms(x, labels)
-        sums = torch.stack([terms.recon.sum(), terms.kl.sum(), terms.objective.sum()]).detach()
-        return {"loss": terms.objective.mean(), "sums": sums}
+        self.epoch_sums.add(stage, terms)
+        return {"loss": terms.objective.mean()}
+
+    def on_train_epoch_end(self) -> None:
+        self.log_epoch("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_epoch("val")
+
+    def on_test_epoch_end(self) -> None:
+        self.log_epoch("test")
+
+    def log_epoch(self, stage: Stage) -> None:
+        """Log the epoch's mean per example of each term, over all processes, and the loss,
+        the negative ELBO; the objective only in training, where beta, a warm-up or K > 1 make
+        it differ from the loss. The sums are read here, once per epoch: a `self.log` per step
+        would read each step's value, and on a GPU wait for the step to finish."""
+        sums = self.trainer.strategy.reduce(self.epoch_sums.pop(stage), reduce_op="sum")
+        totals, count = dict(zip(self.epoch_sums.names, sums[:-1], strict=True)), sums[-1]
+        objective = totals.pop("objective")
+        metrics = {f"{stage}/{name}": total / count for name, total in totals.items()}
+        if stage == "train":
+            metrics["train/objective"] = objective / count
+            if self.hparams.kl_warmup_epochs:
+                metrics["train/kl_weight"] = self.current_kl_weight()  # at the epoch's end
+        # Every process holds the same sums now; sync_dist only keeps Lightning from warning.
+        self.log_dict(metrics, sync_dist=True)
+        loss = (totals["recon"] + totals["kl"]) / count
+        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
         context = {"params": self.parameters(), "lr": self.hparams.lr}
@@ -165,13 +199,21 @@ class VAEModule(L.LightningModule):
             "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"},
         }
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # A resumed run then logs the same means for its first epoch as an uninterrupted one.
+        checkpoint["epoch_sums"] = self.epoch_sums.state_dict("train")
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The settings the checkpoint trained with, for `on_train_start` to replace.
         self.resumed_hparams = dict(checkpoint.get("hyper_parameters", {}))
+        self.resumed_sums = checkpoint.get("epoch_sums")
 
     def on_train_start(self) -> None:
         if self.trainer.ckpt_path:  # a resumed run: after Lightning restored its optimizer
             self.follow_config_schedule()
+            if self.resumed_sums is not None:  # the unfinished epoch's, on the training device
+                self.epoch_sums.load_state_dict("train", self.resumed_sums, self.device)
+        self.resumed_sums = None
 
     def follow_config_schedule(self) -> None:
         """Give a resumed run the optimizer's settings, learning rate and schedule that the
