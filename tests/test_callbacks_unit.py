@@ -11,15 +11,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from vaelab.batches import InMemoryBatches
-from vaelab.callbacks import (
-    DivergenceError,
-    DivergenceStop,
-    ImageLogger,
-    LastCheckpoint,
-    LossProgressBar,
-    RandomState,
-)
+from vaelab.diagnostics import ImageLogger, LossProgressBar
 from vaelab.errors import UserError
+from vaelab.resume import DivergenceError, DivergenceStop, LastCheckpoint, RandomState
 
 from .helpers import ExplodingVAE, mlp_vae
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from vaelab import UserError
-from vaelab.callbacks import ActiveUnits
 from vaelab.data import MNISTDataModule
+from vaelab.diagnostics import ActiveUnits
 from vaelab.losses import Terms
 from vaelab.metrics import EpochSums, active_units, standard_error
 from vaelab.module import VAEModule

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vaelab.callbacks import DivergenceError
+from vaelab.resume import DivergenceError
 from vaelab.train import build, train
 
 from .conftest import RESUMABLE, TINY_RUN, exploding_at, final_metrics, read_events, run_train

@@ -1,0 +1,142 @@
+"""Callbacks that show how training goes: active units, pictures in the loggers, and a
+progress bar that reads the loss only when it redraws."""
+
+from typing import TYPE_CHECKING, Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
+from torch import Tensor
+from torchvision.transforms.functional import to_pil_image
+
+from vaelab.errors import require
+from vaelab.metrics import active_units
+from vaelab.pictures import interpolations_grid, pairs_grid, samples_grid
+
+if TYPE_CHECKING:
+    from vaelab.module import VAEModule
+
+Batch = tuple[Tensor, Tensor]  # images, labels
+
+
+class ActiveUnits(L.Callback):
+    """Log val/active_units after each validation: the latent dimensions whose mean of
+    q(z|x) varies over the validation images by more than `threshold` (Burda et al. 2015,
+    Sec. 5.2), from one pass of the encoder over them."""
+
+    def __init__(self, threshold: float = 0.01) -> None:
+        self.threshold = threshold
+
+    @torch.no_grad()
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: "VAEModule") -> None:
+        if trainer.sanity_checking:
+            return
+        data, conditional = trainer.datamodule, pl_module.hparams.conditional
+        chunks = zip(data.val_images.split(1000), data.val_labels.split(1000), strict=True)
+        means = [pl_module.encode(x, y if conditional else None)[0] for x, y in chunks]
+        count = active_units(torch.cat(means), self.threshold)
+        pl_module.log("val/active_units", float(count), on_epoch=True)
+
+
+class ImageLogger(L.Callback):
+    """Each validation epoch, log validation images above their reconstructions, samples from
+    the prior, and interpolations between validation images, to each logger that takes images:
+    TensorBoard, W&B and MLflow (as image artifacts, by step); CSV takes none.
+
+    The images are the first of the validation set, and the samples are drawn with the same
+    seed each epoch, so the pictures of successive epochs show the same things. A conditional
+    model's samples have one row per class, each decoding the same draws, and each row of its
+    interpolations joins two images of one class, decoded with their label.
+    """
+
+    TAKE_IMAGES = (TensorBoardLogger, WandbLogger, MLFlowLogger)
+
+    def __init__(self, num_images: int = 32, num_samples: int = 64, nrow: int = 8) -> None:
+        """Args:
+        num_images: at most this many validation images, as many as the first batch holds.
+        """
+        counts = {"num_images": num_images, "num_samples": num_samples, "nrow": nrow}
+        for name, value in counts.items():
+            require(value >= 1, name, value, "use 1 or more")
+        self.num_images = num_images
+        self.num_samples = num_samples
+        self.nrow = nrow
+        self.batch: Batch | None = None
+
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if batch_idx == 0:
+            self.batch = batch
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: "VAEModule") -> None:
+        loggers = [logger for logger in trainer.loggers if isinstance(logger, self.TAKE_IMAGES)]
+        if trainer.sanity_checking or not loggers:
+            return
+        images, labels = self.batch
+        x, y = images[: self.num_images], labels[: self.num_images]
+        given = y if pl_module.hparams.conditional else None
+        noise = torch.Generator().manual_seed(0)  # the same draws each epoch
+        grids = {
+            "val/reconstructions": pairs_grid(x, pl_module.reconstruct(x, given), self.nrow),
+            "val/samples": samples_grid(pl_module, self.num_samples, self.nrow, noise),
+            "val/interpolations": interpolations_grid(
+                pl_module, images, labels, self.nrow, self.nrow
+            ),
+        }
+        for name, grid in grids.items():
+            if grid is not None:  # None: no two images to join
+                for logger in loggers:
+                    self.log_image(logger, name, grid, trainer.global_step)
+
+    @staticmethod
+    def log_image(logger: Logger, name: str, grid: Tensor, step: int) -> None:
+        """Log a (C, H, W) grid of values in [0, 1] to a logger of `TAKE_IMAGES`."""
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_image(name, grid, step)
+        elif isinstance(logger, WandbLogger):
+            logger.log_image(name, [to_pil_image(grid)], step)
+        else:  # MLflow: under the run's artifacts, images/; its UI shows them by step
+            logger.experiment.log_image(logger.run_id, to_pil_image(grid), key=name, step=step)
+
+
+class LossProgressBar(TQDMProgressBar):
+    """Lightning's progress bar, showing the training loss of the latest batch.
+
+    The loss is read only when the bar redraws; logging it with `self.log(prog_bar=True)`
+    would read it at every step, which on a GPU waits for the step to finish.
+    """
+
+    def __init__(self, refresh_rate: int = 1) -> None:
+        super().__init__(refresh_rate)
+        self.loss: Tensor | None = None
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        self.loss = outputs["loss"]
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # The model logs the last epoch's train/ metrics after the bar's on_train_epoch_end.
+        if not self.train_progress_bar.disable:
+            self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))
+        super().on_train_end(trainer, pl_module)
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
+        metrics = super().get_metrics(trainer, pl_module)
+        if self.loss is not None and trainer.training:
+            metrics["loss"] = f"{self.loss.item():.1f}"
+        return metrics
