@@ -238,7 +238,7 @@ def _matches(value: Any, hint: Any) -> bool:
         return isinstance(value, int | float) and not isinstance(value, bool)
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
-    if hint is type(None) or isinstance(hint, type):
+    if _is_class(hint):
         return isinstance(value, hint) or _builds(value, hint)
     return True  # hints of other kinds are not checked
 
@@ -251,7 +251,12 @@ def _builds(value: Any, cls: type) -> bool:
     return isinstance(target, type) and issubclass(target, cls)
 
 
+def _is_class(hint: Any) -> bool:
+    """Whether hint is a plain class; on Python 3.10 `Sequence[int]` passes isinstance(_, type)."""
+    return typing.get_origin(hint) is None and isinstance(hint, type)
+
+
 def _describe(hint: Any) -> str:
-    if isinstance(hint, type):
+    if _is_class(hint):
         return hint.__name__
     return str(hint).replace("typing.", "").replace("collections.abc.", "")
