@@ -19,17 +19,18 @@ from .warm import WarmPython
 # their number of tests), so both workers end on short files and finish together.
 SLOWEST_FILES = (
     "test_resume.py",
+    "test_reliability.py",
+    "test_benchmark.py",
+    "test_parts.py",
+    "test_sweeps.py",
+    "test_variants.py",
     "test_scripts.py",
     "test_safe_loading.py",
-    "test_reliability.py",
-    "test_bad_inputs.py",
-    "test_parts.py",
     "test_saving.py",
-    "test_sweeps.py",
-    "test_train.py",
-    "test_variants.py",
     "test_more_bad_inputs.py",
-    "test_benchmark.py",
+    "test_config.py",
+    "test_train.py",
+    "test_bad_inputs.py",
 )
 
 
