@@ -12,22 +12,25 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from .warm import WarmPython
+
 # The slowest files first (measured with --durations=0): pytest-xdist hands out whole files
 # (--dist loadfile, and --no-loadscope-reorder keeps this order instead of sorting files by
 # their number of tests), so both workers end on short files and finish together.
 SLOWEST_FILES = (
     "test_resume.py",
+    "test_reliability.py",
+    "test_benchmark.py",
+    "test_parts.py",
+    "test_sweeps.py",
+    "test_variants.py",
     "test_scripts.py",
     "test_safe_loading.py",
-    "test_reliability.py",
-    "test_bad_inputs.py",
-    "test_parts.py",
     "test_saving.py",
-    "test_sweeps.py",
-    "test_train.py",
-    "test_variants.py",
     "test_more_bad_inputs.py",
-    "test_benchmark.py",
+    "test_config.py",
+    "test_train.py",
+    "test_bad_inputs.py",
 )
 
 
@@ -129,28 +132,37 @@ OFFLINE = {"HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:
 
 
 def run_train(
-    *args: str, cwd: Path = ROOT, env: dict[str, str] | None = None
+    *args: str, cwd: Path = ROOT, env: dict[str, str] | None = None, fresh: bool = False
 ) -> subprocess.CompletedProcess:
-    """Run `python train.py ARGS` as a user would, offline."""
-    return run_python(ROOT / "train.py", *args, cwd=cwd, env=env)
+    """Run `python train.py ARGS` as a user would, offline; `fresh`: in a new interpreter."""
+    return run_python(ROOT / "train.py", *args, cwd=cwd, env=env, fresh=fresh)
 
 
 def run_script(
-    name: str, *args: str, cwd: Path = ROOT, env: dict[str, str] | None = None
+    name: str, *args: str, cwd: Path = ROOT, env: dict[str, str] | None = None, fresh: bool = False
 ) -> subprocess.CompletedProcess:
     """Run `python scripts/NAME.py ARGS` as a user would, offline."""
-    return run_python(ROOT / "scripts" / f"{name}.py", *args, cwd=cwd, env=env)
+    return run_python(ROOT / "scripts" / f"{name}.py", *args, cwd=cwd, env=env, fresh=fresh)
+
+
+# Runs fork from a Python that has imported torch and Lightning (tests/warm.py), which saves
+# those seconds of each run; VAELAB_TESTS_FRESH=1, or fresh=True, starts a new interpreter.
+WARM = WarmPython()
+FRESH = os.environ.get("VAELAB_TESTS_FRESH") == "1"
 
 
 def run_python(
-    script: Path, *args: str, cwd: Path, env: dict[str, str] | None
+    script: Path, *args: str, cwd: Path, env: dict[str, str] | None, fresh: bool = False
 ) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **OFFLINE, **(env or {})}
+    if not (fresh or FRESH):
+        return WARM.run(script, list(args), cwd=cwd, env=full_env, timeout=300)
     return subprocess.run(
         [sys.executable, str(script), *args],
         cwd=cwd,
         capture_output=True,
         text=True,
-        env={**os.environ, **OFFLINE, **(env or {})},
+        env=full_env,
         timeout=300,
     )
 
@@ -160,6 +172,10 @@ def read_evaluation(run_dir: Path) -> dict:
     evaluations/<checkpoint>.json."""
     (path,) = (run_dir / "evaluations").glob("*.json")
     return json.loads(path.read_text())
+
+
+def pytest_sessionfinish() -> None:
+    WARM.close()
 
 
 def read_events(run_dir: Path) -> EventAccumulator:

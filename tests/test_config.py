@@ -1,5 +1,7 @@
 """Every option of every config group composes and builds its object."""
 
+import json
+import math
 from pathlib import Path
 
 import lightning as L
@@ -9,12 +11,13 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from vaelab import UserError
 from vaelab.config import check_types
+from vaelab.train import build, train
 
-from .conftest import ROOT
+from .conftest import ROOT, write_idx_set
 
 CONF = ROOT / "conf"
 GROUPS = ["callbacks", "data", "hardware", "logger", "model", "trainer"]  # each builds objects
@@ -36,117 +39,74 @@ def compose_train(overrides: list[str], output_dir: Path) -> DictConfig:
     return cfg
 
 
-EXPERIMENTS = {
-    "beta4": {"model.beta": 4.0, "model.kl_warmup_epochs": 5, "trainer.max_epochs": 20},
-    "continuous_bernoulli": {
-        "model.likelihood": {"_target_": "vaelab.likelihoods.ContinuousBernoulli"}
-    },
-    "iwae_k5": {"model.iw_samples": 5, "data.binarize": "dynamic"},
-    "latent2_manifold": {"model.latent_size": 2, "trainer.max_epochs": 20},
-    "burda2015_vae": {
-        "model.latent_size": 50,
-        "model.encoder": {
-            "_target_": "vaelab.networks.MLPEncoder",
-            "hidden_sizes": [200, 200],
-            "activation": "tanh",
-        },
-        "model.decoder": {
-            "_target_": "vaelab.networks.MLPDecoder",
-            "hidden_sizes": [200, 200],
-            "activation": "tanh",
-        },
-        "model.iw_samples": 1,
-        "model.lr": 0.001,
-        "model.optimizer": {
-            "_target_": "torch.optim.Adam",
-            "betas": [0.9, 0.999],
-            "eps": 1e-4,
-            "weight_decay": 0.0,
-            "fused": True,  # torch's fused kernel: the same update
-        },
-        "model.scheduler": {  # lr 1e-3 * 10^(-i/7) for 3^i epochs, i = 0 ... 7
-            "_target_": "vaelab.schedules.StagedLR",
-            "epochs": [1, 3, 9, 27, 81, 243, 729, 2187],
-            "factors": [1.0, 0.719686, 0.517947, 0.372759, 0.26827, 0.19307, 0.13895, 0.1],
-        },
-        "data.batch_size": 20,
-        "data.binarize": "dynamic",
-        "trainer.max_epochs": 3280,
-    },
-    "burda2015_iwae": {
-        "model.latent_size": 50,
-        "model.iw_samples": 50,
-        "data.batch_size": 20,
-        "trainer.max_epochs": 3280,
-    },
-    "vampprior2018": {
-        "model.prior": {"_target_": "vaelab.priors.VampPrior", "num_components": 500},
-        "model.latent_size": 40,
-        "model.decoder": {
-            "_target_": "vaelab.networks.MLPDecoder",
-            "hidden_sizes": [300, 300],
-            "activation": "relu",
-        },
-        "model.kl_warmup_epochs": 100,
-        "model.lr": 0.0005,
-        "data.batch_size": 100,
-        "data.binarize": "dynamic",
-        "trainer.max_epochs": 2000,
-        "callbacks.early_stopping.patience": 50,
-    },
-    "cpu_hour": {
-        "model.prior": {"_target_": "vaelab.priors.VampPrior", "num_components": 500},
-        "model.scheduler": {
-            "_target_": "torch.optim.lr_scheduler.CosineAnnealingLR",
-            "T_max": 500,
-            "eta_min": 0.0,
-        },
-        "model.latent_size": 40,
-        "model.kl_warmup_epochs": 10,
-        "model.lr": 0.001,
-        "data.batch_size": 256,
-        "data.binarize": "dynamic",
-        "trainer.max_epochs": 500,
-        "trainer.max_time": "00:01:00:00",
-    },
-    "vampprior2018_standard": {
-        "model.prior": {"_target_": "vaelab.priors.StandardNormal"},
-        "model.latent_size": 40,
-        "model.encoder": {
-            "_target_": "vaelab.networks.MLPEncoder",
-            "hidden_sizes": [300, 300],
-            "activation": "relu",
-        },
-        "model.decoder": {
-            "_target_": "vaelab.networks.MLPDecoder",
-            "hidden_sizes": [300, 300],
-            "activation": "relu",
-        },
-        "model.kl_warmup_epochs": 100,
-        "model.lr": 0.0005,
-        "data.batch_size": 100,
-        "data.binarize": "dynamic",
-        "trainer.max_epochs": 2000,
-        "callbacks.early_stopping": {
-            "_target_": "lightning.pytorch.callbacks.EarlyStopping",
-            "monitor": "val/loss",
-            "mode": "min",
-            "patience": 50,
-        },
-    },
-}
+# Groups whose options are composed and built by the tests below, but not trained here:
+# sweeps (tests/test_sweeps.py runs them).
+SWEEPS = ["hparams_search", "hydra/launcher"]
+TRAINER_LEVEL = ["callbacks", "debug", "hardware", "logger", "trainer"]  # a fit in this process
 
 
-def test_the_groups_are_the_documented_ones() -> None:
-    folders = sorted(p.name for p in CONF.iterdir() if p.is_dir())
-    assert folders == sorted([*GROUPS, "debug", "experiment", "hparams_search", "hydra"])
-    assert options("hardware") == ["auto", "cpu", "gpu", "multi_gpu", "multi_node"]
-    assert options("experiment") == sorted(EXPERIMENTS)
-    assert sorted(p.name for p in (CONF / "model").iterdir() if p.is_dir()) == sorted(
-        part.split("/")[1] for part in PARTS + TRAINING
+def groups() -> list[str]:
+    """Every config group on disk: each folder under conf/ that holds option files."""
+    return sorted({str(p.parent.relative_to(CONF)) for p in CONF.glob("*/**/*.yaml")})
+
+
+def all_options() -> list[tuple[str, str]]:
+    return [(group, option) for group in groups() for option in options(group)]
+
+
+def test_every_group_on_disk_is_one_the_tests_build() -> None:
+    """A new group fails here until the tests know how to build and train its options."""
+    known = {*GROUPS, *PARTS, *TRAINING, *SWEEPS, *TRAINER_LEVEL, "experiment"}
+    assert set(groups()) == known, f"teach the tests to build {set(groups()) - known}"
+    # The options that the README and the other tests name are among those on disk; every
+    # option on disk, these and any other, is built and trained by the tests below.
+    assert {"auto", "cpu", "gpu", "multi_gpu", "multi_node"} <= set(options("hardware"))
+    assert {"mog", "standard", "vamp"} <= set(options("model/prior"))
+    assert {"fashion_mnist", "kmnist", "mnist", "tensors"} <= set(options("data"))
+
+
+def file_settings(group: str, option: str) -> dict[str, object]:
+    """What composing `group=option` must give, read from the option's file: each leaf it
+    sets (as a dotted key), over what the options it lists in its defaults give, each
+    `override /GROUP: OPTION` as that option's file at GROUP."""
+    node = OmegaConf.load(CONF / group / f"{option}.yaml")
+    settings: dict[str, object] = {}
+    for entry in node.pop("defaults", []):
+        ((key, value),) = entry.items() if isinstance(entry, DictConfig) else [(None, entry)]
+        if key is None:  # another option of the same group, e.g. `- burda2015_vae`
+            settings.update(file_settings(group, value))
+        else:  # `override /model/scheduler: stages`
+            target = key.removeprefix("override ").strip("/")
+            contents = OmegaConf.load(CONF / target / f"{value}.yaml")
+            settings = {
+                k: v for k, v in settings.items() if not k.startswith(target.replace("/", "."))
+            }
+            settings.update(leaves(contents, target.replace("/", ".")))
+    settings.update(
+        leaves(node, "" if option_is_global(group, option) else group.replace("/", "."))
     )
-    assert options("model/prior") == ["mog", "standard", "vamp"]
-    assert options("data") == ["fashion_mnist", "kmnist", "mnist", "tensors"]
+    return settings
+
+
+def option_is_global(group: str, option: str) -> bool:
+    return "# @package _global_" in (CONF / group / f"{option}.yaml").read_text()
+
+
+def leaves(node: DictConfig, prefix: str) -> dict[str, object]:
+    """The leaf values of a config node by dotted key, unresolved (as `${...}` strings)."""
+    found: dict[str, object] = {}
+    for key in node:
+        name = f"{prefix}.{key}" if prefix else str(key)
+        value = node._get_node(key)
+        if isinstance(value, DictConfig) and len(value):
+            found.update(leaves(value, name))
+        else:
+            found[name] = (
+                OmegaConf.to_container(value)
+                if isinstance(value, DictConfig | ListConfig)
+                else value._value()
+            )
+    return found
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
@@ -179,14 +139,120 @@ def test_every_option_builds(group: str, option: str, tmp_path: Path, tiny_npz: 
 
 @pytest.mark.parametrize("experiment", options("experiment"))
 def test_every_experiment_sets_what_it_says_and_builds(experiment: str, tmp_path: Path) -> None:
+    """Each value the preset's file sets (itself, through the presets it starts from and the
+    options it picks) is in the composed config and in the model's hyperparameters."""
     cfg = compose_train([f"experiment={experiment}"], tmp_path)
     check_types(cfg)
-    expected = EXPERIMENTS[experiment]
-    assert {key: OmegaConf.select(cfg, key) for key in expected} == expected
-    model = instantiate(cfg.model, _convert_="all", num_classes=10)
-    assert {f"model.{k}": v for k, v in model.hparams.items() if f"model.{k}" in expected} == {
-        k: v for k, v in expected.items() if k.startswith("model.")
+    expected = file_settings("experiment", experiment)
+    assert expected, f"experiment={experiment} sets nothing"
+    assert {key: raw(cfg, key) for key in expected} == {
+        key: plain(value) for key, value in expected.items()
     }
+    model = instantiate(cfg.model, _convert_="all", num_classes=10)
+    hparams = OmegaConf.create(dict(model.hparams))
+    model_keys = [
+        key for key in expected if key.startswith("model.") and "${" not in str(expected[key])
+    ]
+    assert {key: plain(OmegaConf.select(hparams, key[6:])) for key in model_keys} == {
+        key: plain(expected[key]) for key in model_keys
+    }
+
+
+def raw(cfg: DictConfig, key: str) -> object:
+    """The value at a dotted key as composed, an interpolation left as its `${...}` string."""
+    parent, _, leaf = key.rpartition(".")
+    node = (OmegaConf.select(cfg, parent) if parent else cfg)._get_node(leaf)
+    return plain(node) if isinstance(node, DictConfig | ListConfig) else node._value()
+
+
+def plain(value: object) -> object:
+    """Lists and tuples alike, for comparing config values with built ones."""
+    if isinstance(value, DictConfig | ListConfig):
+        value = OmegaConf.to_container(value, resolve=False)
+    return list(value) if isinstance(value, tuple) else value
+
+
+@pytest.fixture(scope="module")
+def tiny_sets(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One data folder holding the tiny MNIST, Fashion-MNIST and KMNIST files."""
+    root = tmp_path_factory.mktemp("sets")
+    for seed, folder in enumerate(("MNIST", "FashionMNIST", "KMNIST")):
+        write_idx_set(root, folder, seed)
+    return root
+
+
+# A step of training on the tiny data, whatever the option sets: batches of 32, one of each
+# stage (with a validation, so that a best checkpoint is kept), the progress bar off.
+ONE_STEP = [
+    "data.val_size=64",
+    "data.batch_size=32",
+    "data.eval_batch_size=64",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=1",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+    "trainer.check_val_every_n_epoch=1",
+    "trainer.num_sanity_val_steps=0",
+    "callbacks.progress_bar.refresh_rate=0",
+    "print_config=false",
+]
+
+
+def one_step_config(
+    group: str, option: str, tiny_sets: Path, tiny_npz: Path, tmp_path: Path
+) -> DictConfig:
+    """`group=option` on the tiny data, set to train one step."""
+    data = [f"data.data_dir={tiny_sets}"]
+    if group == "data" and option == "tensors":
+        data = [f"data.path={tiny_npz}", "data.test_size=64"]
+    extra = ["trainer.num_nodes=2"] if option == "multi_node" else []
+    if group == "debug" and option == "overfit":
+        extra = ["trainer.overfit_batches=1"]
+    return compose_train([f"{group}={option}", *data, *ONE_STEP, *extra], tmp_path)
+
+
+# The parts' options train in every combination in tests/test_parts.py.
+@pytest.mark.parametrize(
+    "group,option", [(g, o) for g, o in all_options() if g not in SWEEPS + PARTS]
+)
+def test_every_option_trains_a_step(
+    group: str, option: str, tiny_sets: Path, tiny_npz: Path, tmp_path: Path
+) -> None:
+    """Each option of each group composes, type-checks and trains: an option that shapes the
+    Trainer through a fit, test and summary of one step each in this process; one that shapes
+    the data or the model through an optimizer step on a batch of its data."""
+    cfg = one_step_config(group, option, tiny_sets, tiny_npz, tmp_path)
+    check_types(cfg)
+    if cfg.trainer.get("accelerator") == "gpu" and not torch.cuda.is_available():
+        pytest.skip("no GPU here; test_gpu_presets checks the trainer settings")
+    if group == "logger" and option in ("mlflow", "wandb"):
+        pytest.skip("built above; tests/test_loggers.py trains it, as a run of its own")
+    if group in TRAINER_LEVEL:
+        best_val_loss = train(cfg)
+        assert math.isfinite(best_val_loss)
+        summary = json.loads((tmp_path / "metrics.json").read_text())
+        assert summary["status"] == "completed" and math.isfinite(summary["metrics"]["test/loss"])
+        return
+    datamodule = build(cfg.data, "data")
+    facts = {"image_shape": datamodule.image_shape, "num_classes": datamodule.num_classes}
+    model = build(cfg.model, "model", **facts)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    trainer = L.Trainer(
+        max_steps=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, datamodule=datamodule)
+    assert trainer.global_step == 1
+    assert all(p.isfinite().all() for p in model.parameters())
+    unchanged = [name for name, p in model.named_parameters() if torch.equal(p, before[name])]
+    if model.hparams.kl_warmup_epochs > 0:  # the KL, the prior's only term, weighs 0 at first
+        unchanged = [name for name in unchanged if not name.startswith("prior.")]
+    assert not unchanged, f"{group}={option}: the step did not reach {unchanged}"
+    assert isinstance(instantiate(cfg.trainer), L.Trainer)  # and the Trainer it sets builds
 
 
 @pytest.mark.parametrize(

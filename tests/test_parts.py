@@ -2,13 +2,20 @@
 one's own, as the README shows it, trains and evaluates."""
 
 import itertools
+import json
 import math
+import os
 import re
+import shlex
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
 from vaelab import UserError
@@ -17,26 +24,38 @@ from vaelab.module import VAEModule
 from vaelab.train import train
 
 from .conftest import ROOT, TINY_RUN, read_evaluation, run_script, run_train
-from .test_config import compose_train
+from .test_config import CONF, compose_train
 
-NETWORKS = {
-    "mlp": {"hidden_sizes": [16], "activation": "tanh"},
-    "conv": {"channels": [4]},
+SMALL = {  # settings that keep an option's part small, where it has them
+    "hidden_sizes": [16],
+    "activation": "tanh",
+    "channels": [4],
+    "num_components": 3,
 }
-PRIORS = {
-    "standard": {"_target_": "vaelab.priors.StandardNormal"},
-    "mog": {"_target_": "vaelab.priors.GaussianMixture", "num_components": 3},
-    "vamp": {"_target_": "vaelab.priors.VampPrior", "num_components": 3},
-}
-LIKELIHOODS = {
-    "bernoulli": {"_target_": "vaelab.likelihoods.Bernoulli"},
-    "continuous_bernoulli": {"_target_": "vaelab.likelihoods.ContinuousBernoulli"},
-}
+
+
+def option_files(group: str) -> dict[str, dict]:
+    """Each option of a part's group (conf/model/GROUP/), as its file with SMALL settings."""
+    found = {}
+    for path in sorted((CONF / "model" / group).glob("*.yaml")):
+        spec = OmegaConf.to_container(OmegaConf.load(path))
+        found[path.stem] = {key: SMALL.get(key, value) for key, value in spec.items()}
+    return found
+
+
+ENCODERS, DECODERS = option_files("encoder"), option_files("decoder")
+PRIORS, LIKELIHOODS = option_files("prior"), option_files("likelihood")
 
 
 def network(kind: str, side: str) -> dict:
-    name = {"mlp": "MLP", "conv": "Conv"}[kind] + side
-    return {"_target_": f"vaelab.networks.{name}", **NETWORKS[kind]}
+    return (ENCODERS if side == "Encoder" else DECODERS)[kind]
+
+
+def test_the_parts_include_those_the_readme_names() -> None:
+    """At least these; test_every_combination... below trains whichever are on disk."""
+    assert {"mlp", "conv"} <= set(ENCODERS) and {"mlp", "conv"} <= set(DECODERS)
+    assert {"standard", "mog", "vamp"} <= set(PRIORS)
+    assert {"bernoulli", "continuous_bernoulli"} <= set(LIKELIHOODS)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +63,7 @@ def tiny_data(tiny_mnist: Path) -> MNISTDataModule:
     return MNISTDataModule(str(tiny_mnist), batch_size=32, val_size=64)
 
 
-COMBINATIONS = list(itertools.product(NETWORKS, NETWORKS, PRIORS, LIKELIHOODS, (False, True)))
+COMBINATIONS = list(itertools.product(ENCODERS, DECODERS, PRIORS, LIKELIHOODS, (False, True)))
 
 
 @pytest.mark.parametrize("encoder,decoder,prior,likelihood,conditional", COMBINATIONS)
@@ -85,7 +104,10 @@ def test_every_combination_trains_a_step_and_loads_from_its_checkpoint(
     trainer.save_checkpoint(path)
     checkpoint = torch.load(path, weights_only=True)  # plain values only: no pickled parts
     assert checkpoint["hyper_parameters"]["prior"] == PRIORS[prior]
-    loaded = VAEModule.load_from_checkpoint(path).eval()
+    parts = (network(encoder, "Encoder"), network(decoder, "Decoder"), PRIORS[prior])
+    own = {spec["_target_"].rsplit(".", 1)[0] for spec in (*parts, LIKELIHOODS[likelihood])}
+    trust = sorted(m for m in own if m.split(".")[0] != "vaelab")  # a part of one's own
+    loaded = VAEModule.load_from_checkpoint(path, trust=trust).eval()
     # The fit leaves the model, and the DataModule its images, on a GPU where there is one.
     model, loaded = model.to("cpu"), loaded.to("cpu")
     x, labels = tiny_data.val_images[:5].cpu(), tiny_data.val_labels[:5].cpu()
@@ -145,8 +167,10 @@ def test_a_conditional_model_needs_labelled_data(tiny_pt: Path, tmp_path: Path) 
 def readme_blocks(section: str) -> list[str]:
     """The fenced code blocks of one README section, in order."""
     readme = (ROOT / "README.md").read_text()
-    start = readme.index(f"### {section}\n") + 1
-    end = start + re.search(r"\n##+ ", readme[start:]).start()  # the next heading
+    # Any level of heading from ## (a line starting "# " in a code block is a comment).
+    start = re.search(rf"^##+ {re.escape(section)}\n", readme, flags=re.M).end()
+    following = re.search(r"^##+ ", readme[start:], flags=re.M)  # the next heading
+    end = start + following.start() if following else len(readme)
     return re.findall(r"```\w*\n(.*?)```", readme[start:end], flags=re.S)
 
 
@@ -181,6 +205,58 @@ def test_a_prior_of_ones_own_as_the_readme_shows(tiny_mnist: Path, tmp_path: Pat
     class_name = re.search(r"class (\w+)\(Prior\)", code).group(1)
     assert evaluation["prior"] == class_name
     assert 0 < evaluation["metrics"]["test/nll_iw"] < 784 * 0.7
+
+
+def tracked_files() -> list[str]:
+    """The files of this checkout that git tracks, as paths relative to it."""
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True)
+    if listed.returncode != 0:
+        pytest.skip(f"not a git checkout: {listed.stderr.strip()}")
+    return [name for name in listed.stdout.split("\0") if name and (ROOT / name).is_file()]
+
+
+@pytest.mark.slow
+def test_the_readme_recipe_for_a_prior_inside_a_copy_of_the_checkout(
+    tiny_mnist: Path, tmp_path: Path
+) -> None:
+    """The README's "Add your own prior", done literally in a copy of this checkout: its
+    class where it says, its YAML file in conf/, its training command; the run completes,
+    and the copy's own config and parts tests, which find the new option on disk, pass."""
+    copy = tmp_path / "checkout"
+    for name in tracked_files():
+        (copy / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, copy / name)
+    code, config, commands = readme_blocks("Add your own prior")
+    (copy / re.search(r"# (\S+\.py)", code).group(1)).write_text(code)
+    config_path = copy / re.search(r"# (conf/\S+\.yaml)", config).group(1)
+    config_path.write_text(config)
+    option = f"{config_path.parent.name}={config_path.stem}"  # e.g. prior=laplace
+    command = next(line for line in commands.splitlines() if " train.py " in line)
+    words = shlex.split(command)
+    at = words.index("python")
+    assignments, (python, script, *args) = words[:at], words[at:]
+    assert (python, script) == ("python", "train.py") and f"model/{option}" in args
+    env = {**os.environ, **dict(a.split("=", 1) for a in assignments)}
+    # The copy's own vaelab, not the one installed: src/ after the recipe's PYTHONPATH.
+    env["PYTHONPATH"] = os.pathsep.join([*env.get("PYTHONPATH", ".").split(os.pathsep), "src"])
+    run = [f"data.data_dir={tiny_mnist}", *TINY_RUN, f"hydra.run.dir={tmp_path / 'run'}"]
+    result = subprocess.run(
+        [sys.executable, script, *args, *run], cwd=copy, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "completed"
+    # The property tests of the copy, on its options: the new prior's among them.
+    suite = ["tests/test_config.py", "tests/test_parts.py", "-k", f"{config_path.stem} or disk"]
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-n", "0", "-q", "-p", "no:cacheprovider", *suite],
+        cwd=copy,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    passed = int(re.search(r"(\d+) passed", result.stdout).group(1))
+    assert passed >= len(ENCODERS) * len(DECODERS) * len(LIKELIHOODS) * 2  # its combinations
 
 
 @pytest.mark.slow

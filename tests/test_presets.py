@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from vaelab import UserError
@@ -24,6 +25,15 @@ QUICK = [
     "data.val_size=64",
     "data.eval_batch_size=64",
     "callbacks.progress_bar.refresh_rate=0",
+]
+# The presets trained here, each against its paper's (or its own) settings; test_variants.py
+# trains every other experiment on disk.
+PRESETS_TRAINED = [
+    "burda2015_vae",
+    "burda2015_iwae",
+    "vampprior2018",
+    "vampprior2018_standard",
+    "cpu_hour",
 ]
 
 
@@ -164,6 +174,24 @@ def test_each_papers_preset_trains_the_papers_model(
         assert model.hparams.kl_warmup_epochs == 100 and checkpoint["lr_schedulers"] == []
         stopping = checkpoint["callbacks"]["EarlyStopping{'monitor': 'val/loss', 'mode': 'min'}"]
         assert stopping["patience"] == 50
+
+
+@pytest.mark.parametrize(
+    "preset,expected",
+    [
+        ("burda2015_vae", {"trainer.max_epochs": sum(BURDA_EPOCHS)}),  # 3280: all 8 stages
+        ("burda2015_iwae", {"trainer.max_epochs": 3280}),
+        ("vampprior2018", {"trainer.max_epochs": 2000, "model.prior.num_components": 500}),
+        ("vampprior2018_standard", {"trainer.max_epochs": 2000}),
+        ("cpu_hour", {"model.prior.num_components": 500, "model.scheduler.eta_min": 0.0}),
+    ],
+)
+def test_the_presets_run_as_long_and_as_large_as_stated(
+    preset: str, expected: dict, tmp_path: Path
+) -> None:
+    """What the trained-model test above overrides to stay short: epochs and prior sizes."""
+    cfg = compose_train([f"experiment={preset}"], tmp_path)
+    assert {key: OmegaConf.select(cfg, key) for key in expected} == expected
 
 
 def test_a_resumed_burda_run_goes_on_in_its_stage(tiny_mnist: Path, tmp_path: Path) -> None:

@@ -24,9 +24,11 @@ METRICS = {f"{stage}/{q}" for stage in ("train", "val", "test") for q in ("loss"
 def trained_run(
     tiny_mnist: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[subprocess.CompletedProcess, Path]:
-    """A two-epoch run started, like a user's, from its own working folder: output, folder."""
+    """A two-epoch run started, like a user's, from its own working folder, in a new
+    interpreter (the suite's other runs fork from a warm one): output, folder."""
     cwd = tmp_path_factory.mktemp("user")
-    result = run_train(f"data.data_dir={tiny_mnist}", *TINY_RUN, "trainer.max_epochs=2", cwd=cwd)
+    args = [f"data.data_dir={tiny_mnist}", *TINY_RUN, "trainer.max_epochs=2"]
+    result = run_train(*args, cwd=cwd, fresh=True)
     assert result.returncode == 0, result.stderr
     (run_dir,) = (cwd / "outputs").glob("*/*")
     return result, run_dir

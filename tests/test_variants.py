@@ -29,6 +29,8 @@ from vaelab.networks import reparameterize
 
 from .conftest import TINY_RUN, read_evaluation, read_events, run_script, run_train
 from .helpers import conv_vae, mlp_vae
+from .test_config import options
+from .test_presets import PRESETS_TRAINED
 
 CONTINUOUS_BERNOULLI = {"_target_": "vaelab.likelihoods.ContinuousBernoulli"}
 LABELS = {"conditional": True, "num_classes": 10}
@@ -212,8 +214,15 @@ def test_a_conditional_vae_draws_the_class_it_is_given(tiny_mnist: Path, tmp_pat
     assert ((bar_rows - 4) // 2 == classes).float().mean() > 0.95
 
 
-EXPERIMENTS = ["beta4", "continuous_bernoulli", "iwae_k5", "latent2_manifold"]
-MODELS = ["conv_vae", "cvae"]
+# Every experiment on disk but the long presets that test_presets.py trains in this process,
+# and every model but the default, trained in every other test.
+EXPERIMENTS = [e for e in options("experiment") if e not in PRESETS_TRAINED]
+MODELS = [m for m in options("model") if m != "vae"]
+
+
+def test_the_sweeps_hold_the_variants_the_readme_names() -> None:
+    assert {"beta4", "continuous_bernoulli", "iwae_k5", "latent2_manifold"} <= set(EXPERIMENTS)
+    assert {"conv_vae", "cvae"} <= set(MODELS)
 
 
 @pytest.fixture(scope="module")
