@@ -64,7 +64,7 @@ if [ "$DRY" = 1 ]; then # the CPU, 1/6 of MNIST, 2 epochs, small K; what needs C
   HW=cpu DEV=cpu K=5 EPOCHS=2 SWEEP_EPOCHS=1 SPEED_EPOCHS=2 SPEED_VAL=5000 SUITE_WORKERS=0
   TRAIN_DATA=$WORK/small SCALE=3 PROFILE=(warm=5 timed=5 profiled=3)
   SPEED_VARIANTS=()
-  SUITE=(${GPU_CHECK_SUITE:-tests/test_losses.py})
+  SUITE=(${GPU_CHECK_SUITE:-tests/unit/test_losses.py})
 else
   HW=gpu DEV=cuda K=5000 EPOCHS=10 SWEEP_EPOCHS=5 SPEED_EPOCHS=5 SPEED_VAL=5000
   SUITE_WORKERS=${GPU_CHECK_WORKERS:-8}
@@ -73,9 +73,9 @@ else
   SUITE=(${GPU_CHECK_SUITE:-tests})
 fi
 GPU_TESTS=(
-  "tests/test_config.py::test_every_option_builds[hardware-gpu]"
-  "tests/test_config.py::test_every_option_builds[hardware-multi_gpu]"
-  "tests/test_config.py::test_every_option_builds[hardware-multi_node]"
+  "tests/unit/test_config.py::test_every_option_builds[hardware-gpu]"
+  "tests/unit/test_config.py::test_every_option_builds[hardware-multi_gpu]"
+  "tests/unit/test_config.py::test_every_option_builds[hardware-multi_node]"
 )
 
 locked() { # COMMAND...: with the output files locked, as steps may end at the same time

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -10,6 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from .warm import WarmPython
@@ -17,30 +21,32 @@ from .warm import WarmPython
 # The slowest files first (measured with --durations=0): pytest-xdist hands out whole files
 # (--dist loadfile, and --no-loadscope-reorder keeps this order instead of sorting files by
 # their number of tests), so both workers end on short files and finish together.
-SLOWEST_FILES = (
-    "test_resume.py",
-    "test_reliability.py",
-    "test_benchmark.py",
-    "test_parts.py",
-    "test_sweeps.py",
-    "test_variants.py",
-    "test_scripts.py",
-    "test_safe_loading.py",
-    "test_saving.py",
-    "test_more_bad_inputs.py",
-    "test_config.py",
-    "test_train.py",
-    "test_bad_inputs.py",
+SLOWEST_FILES = (  # paths under tests/
+    "e2e/test_resume.py",
+    "e2e/test_reliability.py",
+    "e2e/test_benchmark.py",
+    "unit/test_parts.py",
+    "e2e/test_sweeps.py",
+    "e2e/test_variants.py",
+    "e2e/test_scripts.py",
+    "e2e/test_safe_loading.py",
+    "e2e/test_saving.py",
+    "e2e/test_more_bad_inputs.py",
+    "unit/test_config.py",
+    "e2e/test_train.py",
+    "e2e/test_bad_inputs.py",
 )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {name: i for i, name in enumerate(SLOWEST_FILES)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable within files
+    tests = Path(__file__).parent
+    items.sort(key=lambda item: rank.get(item.path.relative_to(tests).as_posix(), len(rank)))
 
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_TRAIN, TINY_TEST = 320, 160
+CONF = ROOT / "conf"
 # Overrides that fit the tiny data and keep runs short and quiet.
 TINY_RUN = [
     "data.val_size=64",
@@ -51,6 +57,17 @@ TINY_RUN = [
     "model.latent_size=4",
     "trainer.max_epochs=1",
     "callbacks.progress_bar.refresh_rate=0",
+]
+
+
+# The presets that tests/unit/test_train_presets.py trains, each against its paper's (or its
+# own) settings; tests/e2e/test_variants.py trains every other experiment on disk.
+PRESETS_TRAINED = [
+    "burda2015_vae",
+    "burda2015_iwae",
+    "vampprior2018",
+    "vampprior2018_standard",
+    "cpu_hour",
 ]
 
 
@@ -176,6 +193,30 @@ def read_evaluation(run_dir: Path) -> dict:
 
 def pytest_sessionfinish() -> None:
     WARM.close()
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def compose_train(overrides: list[str], output_dir: Path) -> DictConfig:
+    """The config `python train.py OVERRIDES` would run, with its Hydra runtime set."""
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("train", [*overrides, f"hydra.runtime.output_dir={output_dir}"], True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg.hydra
+    return cfg
+
+
+def readme_blocks(section: str) -> list[str]:
+    """The fenced code blocks of one README section, in order."""
+    readme = (ROOT / "README.md").read_text()
+    # Any level of heading from ## (a line starting "# " in a code block is a comment).
+    start = re.search(rf"^##+ {re.escape(section)}\n", readme, flags=re.M).end()
+    following = re.search(r"^##+ ", readme[start:], flags=re.M)  # the next heading
+    end = start + following.start() if following else len(readme)
+    return re.findall(r"```\w*\n(.*?)```", readme[start:end], flags=re.S)
 
 
 def read_events(run_dir: Path) -> EventAccumulator:

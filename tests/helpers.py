@@ -13,9 +13,10 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import timer
+from lightning.pytorch.callbacks import Checkpoint, timer
 from torch import Tensor
 
+from vaelab.batches import InMemoryBatches
 from vaelab.module import VAEModule
 
 
@@ -189,3 +190,35 @@ class SignalAtEvaluation(L.Callback):
         if self.last.exists():
             self.copy_to.write_bytes(self.last.read_bytes())
         os.kill(os.getpid(), self.signal)
+
+
+# A tiny model, data and Trainer for in-process tests of callbacks.
+SHAPE = (1, 6, 6)
+TINY = {"hidden_sizes": [8], "latent_size": 2, "image_shape": SHAPE}
+
+
+def batches(count: int = 20, batch_size: int = 4) -> InMemoryBatches:
+    """`count` random images in [0, 1] with labels 0..9, `count // batch_size` batches."""
+    images = torch.rand(count, *SHAPE, generator=torch.Generator().manual_seed(0))
+    return InMemoryBatches(images, torch.arange(count) % 10, batch_size, shuffle=False)
+
+
+def trainer(tmp_path: Path, callbacks: list, **flags: object) -> L.Trainer:
+    """A CPU trainer of one epoch without validation, loggers or checkpoints but `callbacks`'."""
+    settings = {
+        "max_epochs": 1,
+        "limit_val_batches": 0,
+        "log_every_n_steps": 1,
+        "enable_progress_bar": False,
+        # Lightning adds a ModelCheckpoint unless a Checkpoint (LastCheckpoint is one) is given.
+        "enable_checkpointing": any(isinstance(c, Checkpoint) for c in callbacks),
+        **flags,
+    }
+    return L.Trainer(
+        accelerator="cpu",
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+        **settings,
+    )

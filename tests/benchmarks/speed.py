@@ -1,6 +1,6 @@
 """Time this project's training against bare PyTorch loops and the usual DataLoader recipe.
 
-    python tests/benchmarks/speed.py --data-dir ../shared/data            # 5 epochs, 3 repeats
+    python tests/benchmarks/speed.py --data-dir /path/to/data            # 5 epochs, 3 repeats
     python tests/benchmarks/speed.py --quick --data-dir tests/tiny_data   # a smoke run
 
 A measurement harness, not a user tool. Each variant runs in a fresh process, in turn, so

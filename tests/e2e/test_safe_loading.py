@@ -18,8 +18,7 @@ from vaelab import UserError
 from vaelab.checkpoints import load_checkpoint
 from vaelab.module import VAEModule
 
-from .conftest import ROOT, TINY_RUN, read_evaluation, run_script, run_train
-from .test_parts import readme_blocks
+from ..conftest import ROOT, TINY_RUN, read_evaluation, readme_blocks, run_script, run_train
 
 pytestmark = pytest.mark.slow  # a tiny training run, and scripts run as a user runs them
 

@@ -13,8 +13,7 @@ from vaelab.config import check_types
 from vaelab.schedules import StagedLR
 from vaelab.train import build, train
 
-from .conftest import read_events
-from .test_config import compose_train
+from ..conftest import compose_train, read_events
 
 BURDA_EPOCHS = [3**i for i in range(8)]  # stage i: 3^i epochs at 1e-3 * 10^(-i/7)
 BURDA_FACTORS = [10 ** (-i / 7) for i in range(8)]
@@ -25,15 +24,6 @@ QUICK = [
     "data.val_size=64",
     "data.eval_batch_size=64",
     "callbacks.progress_bar.refresh_rate=0",
-]
-# The presets trained here, each against its paper's (or its own) settings; test_variants.py
-# trains every other experiment on disk.
-PRESETS_TRAINED = [
-    "burda2015_vae",
-    "burda2015_iwae",
-    "vampprior2018",
-    "vampprior2018_standard",
-    "cpu_hour",
 ]
 
 

@@ -23,8 +23,16 @@ from vaelab.data import MNISTDataModule
 from vaelab.module import VAEModule
 from vaelab.train import train
 
-from .conftest import ROOT, TINY_RUN, read_evaluation, run_script, run_train
-from .test_config import CONF, compose_train
+from ..conftest import (
+    CONF,
+    ROOT,
+    TINY_RUN,
+    compose_train,
+    read_evaluation,
+    readme_blocks,
+    run_script,
+    run_train,
+)
 
 SMALL = {  # settings that keep an option's part small, where it has them
     "hidden_sizes": [16],
@@ -164,16 +172,6 @@ def test_a_conditional_model_needs_labelled_data(tiny_pt: Path, tmp_path: Path) 
         train(compose_train([*overrides, "model=cvae"], tmp_path))
 
 
-def readme_blocks(section: str) -> list[str]:
-    """The fenced code blocks of one README section, in order."""
-    readme = (ROOT / "README.md").read_text()
-    # Any level of heading from ## (a line starting "# " in a code block is a comment).
-    start = re.search(rf"^##+ {re.escape(section)}\n", readme, flags=re.M).end()
-    following = re.search(r"^##+ ", readme[start:], flags=re.M)  # the next heading
-    end = start + following.start() if following else len(readme)
-    return re.findall(r"```\w*\n(.*?)```", readme[start:end], flags=re.S)
-
-
 @pytest.mark.slow
 def test_a_prior_of_ones_own_as_the_readme_shows(tiny_mnist: Path, tmp_path: Path) -> None:
     """The class and the YAML file of the README's "Add your own prior", outside the package
@@ -246,7 +244,8 @@ def test_the_readme_recipe_for_a_prior_inside_a_copy_of_the_checkout(
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "completed"
     # The property tests of the copy, on its options: the new prior's among them.
-    suite = ["tests/test_config.py", "tests/test_parts.py", "-k", f"{config_path.stem} or disk"]
+    suite = ["tests/unit/test_config.py", "tests/unit/test_parts.py"]
+    suite += ["-k", f"{config_path.stem} or disk"]
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-n", "0", "-q", "-p", "no:cacheprovider", *suite],
         cwd=copy,

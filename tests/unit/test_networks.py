@@ -7,7 +7,7 @@ from vaelab import UserError
 from vaelab.module import VAEModule
 from vaelab.networks import MLPDecoder, MLPEncoder, reparameterize
 
-from .helpers import mlp_vae
+from ..helpers import mlp_vae
 
 
 def test_shapes() -> None:

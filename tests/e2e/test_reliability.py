@@ -13,17 +13,17 @@ from vaelab.checkpoints import check_checkpoint, load_checkpoint
 from vaelab.data import MNISTDataModule
 from vaelab.train import train
 
-from .conftest import (
+from ..conftest import (
     RESUMABLE,
     TINY_RUN,
+    compose_train,
     exploding_at,
     final_metrics,
     read_events,
     run_train,
     write_idx,
 )
-from .helpers import mlp_vae
-from .test_config import compose_train
+from ..helpers import mlp_vae
 
 
 def killed_at(step: int, signal_name: str) -> list[str]:
@@ -173,7 +173,7 @@ def test_same_seed_same_metrics_even_in_an_old_run_folder(
 ) -> None:
     """Only resume=true continues a run: a last.ckpt left in the folder is not picked up
     (continued from the finished run's last.ckpt, this run would train nothing). Such a folder
-    is refused unless overwrite=true (tests/test_resume.py), which removes the old run first."""
+    is refused unless overwrite=true (tests/e2e/test_resume.py), which removes the old run first."""
     shutil.copytree(uninterrupted / "checkpoints", tmp_path / "checkpoints")
     overrides = [f"data.data_dir={tiny_mnist}", *RESUMABLE, f"hydra.run.dir={tmp_path}"]
     assert "holds a run (checkpoints/)" in run_train(*overrides).stderr

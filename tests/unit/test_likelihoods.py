@@ -17,7 +17,7 @@ from vaelab.losses import (
 )
 from vaelab.module import VAEModule
 
-from .helpers import mlp_vae
+from ..helpers import mlp_vae
 
 
 def seeded(seed: int) -> torch.Generator:

@@ -13,7 +13,7 @@ from vaelab.data import MNISTDataModule
 from vaelab.datasets import IDX_FILES
 from vaelab.module import VAEModule
 
-from .conftest import TINY_RUN, TINY_TEST, read_evaluation, read_events, run_script, run_train
+from ..conftest import TINY_RUN, TINY_TEST, read_evaluation, read_events, run_script, run_train
 
 pytestmark = pytest.mark.slow  # every test runs train.py or a script
 TINY_DATA = {"val_size": 64, "batch_size": 32, "eval_batch_size": 64}  # as TINY_RUN has them

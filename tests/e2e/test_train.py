@@ -11,8 +11,7 @@ from vaelab.datasets import IDX_FILES
 from vaelab.module import VAEModule
 from vaelab.train import train
 
-from .conftest import TINY_RUN, read_events, run_train
-from .test_config import compose_train
+from ..conftest import TINY_RUN, compose_train, read_events, run_train
 
 pytestmark = pytest.mark.slow  # runs of train.py, and a fit of two epochs
 

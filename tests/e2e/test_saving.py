@@ -15,8 +15,15 @@ import torch
 from vaelab.resume import DivergenceError
 from vaelab.train import build, train
 
-from .conftest import RESUMABLE, TINY_RUN, exploding_at, final_metrics, read_events, run_train
-from .test_config import compose_train
+from ..conftest import (
+    RESUMABLE,
+    TINY_RUN,
+    compose_train,
+    exploding_at,
+    final_metrics,
+    read_events,
+    run_train,
+)
 
 
 @pytest.fixture

@@ -8,39 +8,23 @@ import lightning as L
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from vaelab import UserError
 from vaelab.config import check_types
 from vaelab.train import build, train
 
-from .conftest import ROOT, write_idx_set
+from ..conftest import CONF, compose_train, options, write_idx_set
 
-CONF = ROOT / "conf"
 GROUPS = ["callbacks", "data", "hardware", "logger", "model", "trainer"]  # each builds objects
 PARTS = ["model/encoder", "model/decoder", "model/prior", "model/likelihood"]  # model builds them
 TRAINING = ["model/optimizer", "model/scheduler"]  # configure_optimizers builds them
 
 
-def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
-
-
-def compose_train(overrides: list[str], output_dir: Path) -> DictConfig:
-    """The config `python train.py OVERRIDES` would run, with its Hydra runtime set."""
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        cfg = compose("train", [*overrides, f"hydra.runtime.output_dir={output_dir}"], True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg.hydra
-    return cfg
-
-
 # Groups whose options are composed and built by the tests below, but not trained here:
-# sweeps (tests/test_sweeps.py runs them).
+# sweeps (tests/e2e/test_sweeps.py runs them).
 SWEEPS = ["hparams_search", "hydra/launcher"]
 TRAINER_LEVEL = ["callbacks", "debug", "hardware", "logger", "trainer"]  # a fit in this process
 
@@ -211,7 +195,7 @@ def one_step_config(
     return compose_train([f"{group}={option}", *data, *ONE_STEP, *extra], tmp_path)
 
 
-# The parts' options train in every combination in tests/test_parts.py.
+# The parts' options train in every combination in tests/unit/test_parts.py.
 @pytest.mark.parametrize(
     "group,option", [(g, o) for g, o in all_options() if g not in SWEEPS + PARTS]
 )
@@ -226,7 +210,7 @@ def test_every_option_trains_a_step(
     if cfg.trainer.get("accelerator") == "gpu" and not torch.cuda.is_available():
         pytest.skip("no GPU here; test_gpu_presets checks the trainer settings")
     if group == "logger" and option in ("mlflow", "wandb"):
-        pytest.skip("built above; tests/test_loggers.py trains it, as a run of its own")
+        pytest.skip("built above; tests/unit/test_loggers.py trains it, as a run of its own")
     if group in TRAINER_LEVEL:
         best_val_loss = train(cfg)
         assert math.isfinite(best_val_loss)

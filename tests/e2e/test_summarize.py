@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from .conftest import run_script
+from ..conftest import run_script
 
 
 def fake_run(folder: Path, overrides: list[str], metrics: dict, nll_iw: float) -> None:

@@ -11,7 +11,7 @@ import yaml
 
 from vaelab.data import MNISTDataModule
 
-from .conftest import TINY_RUN, run_script, run_train
+from ..conftest import TINY_RUN, run_script, run_train
 
 pytestmark = pytest.mark.slow  # every test runs train.py -m
 

@@ -1,51 +1,15 @@
-"""The callbacks that make a run resumable and safe, in-process on a tiny model: LastCheckpoint,
-RandomState, DivergenceStop; and the diagnostics: ImageLogger, LossProgressBar."""
+"""vaelab.resume, in-process on a tiny model: LastCheckpoint, RandomState, DivergenceStop."""
 
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
-from lightning.pytorch.callbacks import Checkpoint
-from lightning.pytorch.loggers import TensorBoardLogger
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from vaelab.batches import InMemoryBatches
-from vaelab.diagnostics import ImageLogger, LossProgressBar
 from vaelab.errors import UserError
 from vaelab.resume import DivergenceError, DivergenceStop, LastCheckpoint, RandomState
 
-from .helpers import ExplodingVAE, mlp_vae
-
-SHAPE = (1, 6, 6)
-TINY = {"hidden_sizes": [8], "latent_size": 2, "image_shape": SHAPE}
-
-
-def batches(count: int = 20, batch_size: int = 4) -> InMemoryBatches:
-    """`count` random images in [0, 1] with labels 0..9, `count // batch_size` batches."""
-    images = torch.rand(count, *SHAPE, generator=torch.Generator().manual_seed(0))
-    return InMemoryBatches(images, torch.arange(count) % 10, batch_size, shuffle=False)
-
-
-def trainer(tmp_path: Path, callbacks: list, **flags: object) -> L.Trainer:
-    """A CPU trainer of one epoch without validation, loggers or checkpoints but `callbacks`'."""
-    settings = {
-        "max_epochs": 1,
-        "limit_val_batches": 0,
-        "log_every_n_steps": 1,
-        "enable_progress_bar": False,
-        # Lightning adds a ModelCheckpoint unless a Checkpoint (LastCheckpoint is one) is given.
-        "enable_checkpointing": any(isinstance(c, Checkpoint) for c in callbacks),
-        **flags,
-    }
-    return L.Trainer(
-        accelerator="cpu",
-        default_root_dir=tmp_path,
-        logger=False,
-        enable_model_summary=False,
-        callbacks=callbacks,
-        **settings,
-    )
+from ..helpers import SHAPE, TINY, ExplodingVAE, batches, mlp_vae, trainer
 
 
 class SavedAt(L.Callback):
@@ -128,35 +92,3 @@ def test_divergence_at_the_first_step_points_at_the_data_and_settings(tmp_path: 
     )
     with pytest.raises(DivergenceError, match="at step 0, .* none was saved. Check the data"):
         trainer(tmp_path, [DivergenceStop()]).fit(model, batches())
-
-
-def test_image_logger_logs_the_three_pictures_each_validation(tmp_path: Path) -> None:
-    logger = TensorBoardLogger(tmp_path, name="", version="")
-    run = L.Trainer(
-        accelerator="cpu",
-        logger=logger,
-        max_epochs=2,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        callbacks=[ImageLogger(num_images=4, num_samples=4, nrow=2)],
-    )
-    run.fit(mlp_vae(**TINY), batches(), batches(8))
-    events = EventAccumulator(str(tmp_path), size_guidance={"images": 0})
-    events.Reload()
-    names = {"val/reconstructions", "val/samples", "val/interpolations"}
-    assert names <= set(events.Tags()["images"])
-    assert [image.step for image in events.Images("val/samples")] == [5, 10]  # each epoch
-
-
-def test_image_logger_refuses_zero_images() -> None:
-    with pytest.raises(UserError, match="num_images=0"):
-        ImageLogger(num_images=0)
-
-
-def test_loss_progress_bar_shows_the_latest_loss(tmp_path: Path) -> None:
-    bar = LossProgressBar(refresh_rate=0)
-    run = trainer(tmp_path, [bar], enable_progress_bar=True, max_steps=2)
-    run.fit(mlp_vae(**TINY), batches())
-    assert bar.loss is not None and torch.isfinite(bar.loss)

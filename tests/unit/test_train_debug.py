@@ -10,13 +10,12 @@ import pytest
 
 from vaelab.train import train
 
-from .conftest import TINY_RUN, read_events
-from .test_config import compose_train, options
+from ..conftest import TINY_RUN, compose_train, options, read_events
 
 # The tiny run less its epoch count, which the presets set; eval batches of 16, so that val
 # (64 images) has 4 batches and test (160) has 10, more than the presets run.
 RUN = [o for o in TINY_RUN if not o.startswith("trainer.max_epochs")]
-RUN += ["data.eval_batch_size=16", "+callbacks.record._target_=tests.test_debug.Record"]
+RUN += ["data.eval_batch_size=16", "+callbacks.record._target_=tests.unit.test_train_debug.Record"]
 
 # What Record saw in the latest run: batches per stage, and each training epoch's images.
 BATCHES: Counter[str] = Counter()

@@ -15,7 +15,7 @@ import torch
 
 from vaelab.checkpoints import find_checkpoint
 
-from .conftest import OFFLINE, ROOT, TINY_RUN, read_events, run_train
+from ..conftest import OFFLINE, ROOT, TINY_RUN, read_events, run_train
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from vaelab import UserError
 from vaelab.config import check_types
 
-from .test_config import compose_train
+from ..conftest import compose_train
 
 # Each flag with a value other than its default, and what the built Trainer then shows.
 FLAGS: dict[str, tuple[str, Callable[[L.Trainer], object], object]] = {

@@ -9,8 +9,7 @@ import pytest
 from vaelab import UserError
 from vaelab.train import train
 
-from .conftest import TINY_RUN
-from .test_config import compose_train
+from ..conftest import TINY_RUN, compose_train
 
 # The callbacks a run cannot do without, and what their absence is refused with.
 REQUIRED = {"best_checkpoint": "keep callbacks.best_checkpoint, with its monitor: val/loss"}

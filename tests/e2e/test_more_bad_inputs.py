@@ -20,8 +20,7 @@ from vaelab.networks import ConvDecoder, ConvEncoder
 from vaelab.schedules import check_scheduler
 from vaelab.train import build, out_of_memory, train
 
-from .conftest import TINY_RUN, run_train, write_arrays
-from .test_config import CONF, compose_train
+from ..conftest import CONF, TINY_RUN, compose_train, run_train, write_arrays
 
 
 @pytest.mark.parametrize("network", [ConvEncoder, ConvDecoder])

@@ -16,8 +16,9 @@ from vaelab import UserError
 from vaelab.pictures import pairs_grid
 from vaelab.train import train
 
-from .conftest import (
+from ..conftest import (
     TINY_RUN,
+    compose_train,
     exploding_at,
     read_events,
     run_script,
@@ -25,7 +26,6 @@ from .conftest import (
     write_arrays,
     write_idx,
 )
-from .test_config import compose_train
 
 pytestmark = pytest.mark.slow  # runs of train.py and scripts/summarize.py
 

@@ -25,8 +25,7 @@ from vaelab.data import (
 )
 from vaelab.datasets import FASHION_MNIST, IDX_FILES, load_image_file
 
-from .conftest import TINY_TEST, TINY_TRAIN, write_arrays, write_idx
-from .test_config import compose_train
+from ..conftest import TINY_TEST, TINY_TRAIN, compose_train, write_arrays, write_idx
 
 IDX_SETS = [  # (fixture, DataModule, folder, name in messages)
     ("tiny_mnist", MNISTDataModule, "MNIST", "MNIST"),

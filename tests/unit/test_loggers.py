@@ -13,8 +13,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
 from vaelab.train import train
 
-from .conftest import ROOT, TINY_RUN, read_events
-from .test_config import compose_train
+from ..conftest import ROOT, TINY_RUN, compose_train, read_events
 
 GRIDS = ["val/reconstructions", "val/samples", "val/interpolations"]
 

@@ -10,7 +10,7 @@ from vaelab.batches import InMemoryBatches
 from vaelab.data import MNISTDataModule
 from vaelab.datasets import IDX_FILES
 
-from .conftest import TINY_TEST, TINY_TRAIN
+from ..conftest import TINY_TEST, TINY_TRAIN
 
 
 def test_splits_and_pixels(tiny_mnist: Path) -> None:

@@ -27,10 +27,16 @@ from vaelab.losses import (
 from vaelab.module import VAEModule
 from vaelab.networks import reparameterize
 
-from .conftest import TINY_RUN, read_evaluation, read_events, run_script, run_train
-from .helpers import conv_vae, mlp_vae
-from .test_config import options
-from .test_presets import PRESETS_TRAINED
+from ..conftest import (
+    PRESETS_TRAINED,
+    TINY_RUN,
+    options,
+    read_evaluation,
+    read_events,
+    run_script,
+    run_train,
+)
+from ..helpers import conv_vae, mlp_vae
 
 CONTINUOUS_BERNOULLI = {"_target_": "vaelab.likelihoods.ContinuousBernoulli"}
 LABELS = {"conditional": True, "num_classes": 10}

@@ -11,8 +11,7 @@ from vaelab.batches import InMemoryBatches
 from vaelab.data import MNISTDataModule
 from vaelab.train import train
 
-from .conftest import TINY_TEST
-from .test_config import compose_train
+from ..conftest import TINY_TEST, compose_train
 
 
 def epoch(batches: InMemoryBatches) -> torch.Tensor:
