@@ -222,3 +222,18 @@ def trainer(tmp_path: Path, callbacks: list, **flags: object) -> L.Trainer:
         callbacks=callbacks,
         **settings,
     )
+
+
+def fit_one_step(model: L.LightningModule, datamodule: L.LightningDataModule) -> L.Trainer:
+    """Fit `model` for one optimizer step (on a GPU if there is one), without validation,
+    logger or files."""
+    trainer = L.Trainer(
+        max_steps=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, datamodule=datamodule)
+    return trainer

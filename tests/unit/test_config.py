@@ -17,6 +17,7 @@ from vaelab.config import check_types
 from vaelab.train import build, train
 
 from ..conftest import CONF, compose_train, options, write_idx_set
+from ..helpers import fit_one_step
 
 GROUPS = ["callbacks", "data", "hardware", "logger", "model", "trainer"]  # each builds objects
 PARTS = ["model/encoder", "model/decoder", "model/prior", "model/likelihood"]  # model builds them
@@ -221,15 +222,7 @@ def test_every_option_trains_a_step(
     facts = {"image_shape": datamodule.image_shape, "num_classes": datamodule.num_classes}
     model = build(cfg.model, "model", **facts)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    trainer = L.Trainer(
-        max_steps=1,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(model, datamodule=datamodule)
+    trainer = fit_one_step(model, datamodule)
     assert trainer.global_step == 1
     assert all(p.isfinite().all() for p in model.parameters())
     unchanged = [name for name, p in model.named_parameters() if torch.equal(p, before[name])]

@@ -12,7 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -33,6 +32,7 @@ from ..conftest import (
     run_script,
     run_train,
 )
+from ..helpers import fit_one_step
 
 SMALL = {  # settings that keep an option's part small, where it has them
     "hidden_sizes": [16],
@@ -96,15 +96,7 @@ def test_every_combination_trains_a_step_and_loads_from_its_checkpoint(
         num_classes=tiny_data.num_classes,
     )
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    trainer = L.Trainer(
-        max_steps=1,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(model, datamodule=tiny_data)
+    trainer = fit_one_step(model, tiny_data)
     assert trainer.global_step == 1
     changed = [name for name, p in model.named_parameters() if not torch.equal(p, before[name])]
     assert changed == list(before)  # the step reached every part's parameters

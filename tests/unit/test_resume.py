@@ -12,6 +12,14 @@ from vaelab.resume import DivergenceError, DivergenceStop, LastCheckpoint, Rando
 from ..helpers import SHAPE, TINY, ExplodingVAE, batches, mlp_vae, trainer
 
 
+def exploding(at_step: int) -> ExplodingVAE:
+    """The tiny model, its loss NaN from training step `at_step` on."""
+    widths = {"hidden_sizes": [8]}
+    encoder = {"_target_": "vaelab.networks.MLPEncoder", **widths}
+    decoder = {"_target_": "vaelab.networks.MLPDecoder", **widths}
+    return ExplodingVAE(at_step, encoder=encoder, decoder=decoder, latent_size=2, image_shape=SHAPE)
+
+
 class SavedAt(L.Callback):
     """The global step of each checkpoint the trainer writes."""
 
@@ -64,13 +72,7 @@ def test_random_state_goes_on_from_the_saved_state(tmp_path: Path) -> None:
 
 
 def test_divergence_stop_names_the_step_and_the_last_good_checkpoint(tmp_path: Path) -> None:
-    model = ExplodingVAE(
-        explode_at_step=3,
-        encoder={"_target_": "vaelab.networks.MLPEncoder", "hidden_sizes": [8]},
-        decoder={"_target_": "vaelab.networks.MLPDecoder", "hidden_sizes": [8]},
-        latent_size=2,
-        image_shape=SHAPE,
-    )
+    model = exploding(at_step=3)
     last = LastCheckpoint(str(tmp_path), every_n_train_steps=2)
     saved = SavedAt()
     with pytest.raises(DivergenceError) as caught:
@@ -83,12 +85,6 @@ def test_divergence_stop_names_the_step_and_the_last_good_checkpoint(tmp_path: P
 
 
 def test_divergence_at_the_first_step_points_at_the_data_and_settings(tmp_path: Path) -> None:
-    model = ExplodingVAE(
-        explode_at_step=0,
-        encoder={"_target_": "vaelab.networks.MLPEncoder", "hidden_sizes": [8]},
-        decoder={"_target_": "vaelab.networks.MLPDecoder", "hidden_sizes": [8]},
-        latent_size=2,
-        image_shape=SHAPE,
-    )
+    model = exploding(at_step=0)
     with pytest.raises(DivergenceError, match="at step 0, .* none was saved. Check the data"):
         trainer(tmp_path, [DivergenceStop()]).fit(model, batches())
