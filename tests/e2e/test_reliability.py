@@ -281,6 +281,7 @@ def test_a_checkpoint_of_an_older_version(tmp_path: Path) -> None:
         load_checkpoint(path)
 
 
+@pytest.mark.slow  # its checkpoint comes from a train.py run
 def test_a_truncated_checkpoint(checkpoint: Path, tmp_path: Path) -> None:
     path = tmp_path / "half.ckpt"
     path.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])

@@ -4,9 +4,12 @@ import json
 import statistics
 from pathlib import Path
 
+import pytest
 import yaml
 
 from ..conftest import run_script
+
+pytestmark = pytest.mark.slow  # every test runs scripts/summarize.py
 
 
 def fake_run(folder: Path, overrides: list[str], metrics: dict, nll_iw: float) -> None:

@@ -197,6 +197,7 @@ def one_step_config(
 
 
 # The parts' options train in every combination in tests/unit/test_parts.py.
+@pytest.mark.slow  # a fit for each of some 40 options
 @pytest.mark.parametrize(
     "group,option", [(g, o) for g, o in all_options() if g not in SWEEPS + PARTS]
 )
