@@ -98,6 +98,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         "test/nll_iw": f"nats per image, K={cfg.iw_samples}",
         "test/nll_iw_se": "nats, its standard error over the test images",
         "test/nll_iw_bpd": "bits/dim",
+        "test/bpd": "bits/dim, test/loss's",
         "test/active_units": f"of {model.hparams.latent_size} latent dimensions (variance > 0.01)",
     }
     for name, value in metrics.items():

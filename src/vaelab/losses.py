@@ -70,6 +70,14 @@ def kl_weight(beta: float, warmup_epochs: int, epochs_done: float) -> float:
     return beta * min(1.0, epochs_done / warmup_epochs)
 
 
+def gaussian_nll(mean: Tensor, log_sigma: Tensor, x: Tensor) -> Tensor:
+    """-log N(x; mean, sigma^2) of independent pixels, summed over them: mean (..., B, D),
+    log_sigma broadcasting to it, x (B, ...) with D values per example -> (..., B)."""
+    target = x.flatten(1).expand_as(mean)
+    z = (target - mean) * torch.exp(-log_sigma)
+    return (0.5 * (LOG_2PI + z.pow(2)) + log_sigma).expand_as(mean).sum(-1)
+
+
 def gaussian_log_prob(z: Tensor, mean: Tensor, logvar: Tensor) -> Tensor:
     """log N(z; mean, diag(exp(logvar))), the density of q(z|x) at z.
 

@@ -165,10 +165,11 @@ class VAEModule(L.LightningModule):
         self.log_epoch("test")
 
     def log_epoch(self, stage: Stage) -> None:
-        """Log the epoch's mean per example of each term, over all processes, and the loss,
-        the negative ELBO; the objective only in training, where beta, a warm-up or K > 1 make
-        it differ from the loss. The sums are read here, once per epoch: a `self.log` per step
-        would read each step's value, and on a GPU wait for the step to finish."""
+        """Log the epoch's mean per example of each term, over all processes, the loss (the
+        negative ELBO) and the loss in bits per dimension; the objective only in training,
+        where beta, a warm-up or K > 1 make it differ from the loss. The sums are read here,
+        once per epoch: a `self.log` per step would read each step's value, and on a GPU wait
+        for the step to finish."""
         sums = self.trainer.strategy.reduce(self.epoch_sums.pop(stage), reduce_op="sum")
         totals, count = dict(zip(self.epoch_sums.names, sums[:-1], strict=True)), sums[-1]
         objective = totals.pop("objective")
@@ -181,6 +182,8 @@ class VAEModule(L.LightningModule):
         self.log_dict(metrics, sync_dist=True)
         loss = (totals["recon"] + totals["kl"]) / count
         self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True)
+        bits = math.prod(self.hparams.image_shape) * math.log(2)  # nats per image -> bits/dim
+        self.log(f"{stage}/bpd", loss / bits, sync_dist=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
         context = {"params": self.parameters(), "lr": self.hparams.lr}
@@ -337,7 +340,16 @@ class VAEModule(L.LightningModule):
                     [torch.randn(mean.shape, generator=generator, device=device) for _ in range(n)]
                 )  # (n, B, latent)
                 z = mean + torch.exp(0.5 * logvar) * noise.to(mean)
-                yield self._log_weights(x, c, z, mean, logvar, 1.0)[1]  # (n, B)
+                if not getattr(self.likelihood, "random", False):
+                    yield self._log_weights(x, c, z, mean, logvar, 1.0)[1]  # (n, B)
+                    continue
+                # A likelihood that draws (Gaussian's dequantization) draws from `generator`
+                # too: torch's global generator, seeded from it for this chunk, then restored.
+                seed = int(torch.randint(2**31, (1,), generator=generator, device=device))
+                with torch.random.fork_rng([mean.device] if mean.device.type == "cuda" else []):
+                    torch.manual_seed(seed)
+                    log_w = self._log_weights(x, c, z, mean, logvar, 1.0)[1]
+                yield log_w
 
         return iw_log_likelihood(log_weights())
 

@@ -18,7 +18,7 @@ from ..conftest import TINY_RUN, TINY_TEST, read_evaluation, read_events, run_sc
 pytestmark = pytest.mark.slow  # every test runs train.py or a script
 TINY_DATA = {"val_size": 64, "batch_size": 32, "eval_batch_size": 64}  # as TINY_RUN has them
 
-METRICS = {"test/loss", "test/recon", "test/kl", "test/nll_iw", "test/nll_iw_bpd"}
+METRICS = {"test/loss", "test/bpd", "test/recon", "test/kl", "test/nll_iw", "test/nll_iw_bpd"}
 METRICS |= {"test/nll_iw_se", "test/active_units"}
 
 

@@ -1,12 +1,15 @@
-"""The importance-weighted log-likelihood (Burda et al. 2015): references and closed forms."""
+"""vaelab.likelihoods and the importance-weighted log-likelihood (Burda et al. 2015):
+references and closed forms."""
 
 import math
+import re
 
 import pytest
 import torch
 from torch.distributions import Bernoulli, Normal
 
 from vaelab import UserError
+from vaelab.likelihoods import Gaussian
 from vaelab.losses import (
     bernoulli_nll,
     gaussian_kl,
@@ -149,3 +152,81 @@ def test_a_bad_number_of_samples_is_named(model: VAEModule, x: torch.Tensor) -> 
         model.log_likelihood(x, 0)
     with pytest.raises(UserError, match="chunk_size=0 is invalid"):
         model.log_likelihood(x, 5, chunk_size=0)
+
+
+# The Gaussian likelihood for 8-bit images.
+
+D8 = (1, 3, 3)  # nine pixels
+GAUSSIAN = {"_target_": "vaelab.likelihoods.Gaussian"}
+
+
+def eight_bit(n: int = 4) -> torch.Tensor:
+    """n images of 8-bit values k / 255, as data.binarize=none serves them."""
+    return torch.randint(0, 256, (n, *D8), generator=torch.Generator().manual_seed(1)) / 255
+
+
+def test_a_gaussian_is_torchs_normal_of_the_sigmoid_mean() -> None:
+    x, logits = eight_bit(), torch.randn(4, 9)
+    fixed = Gaussian(D8, variance="fixed", sigma=0.2, dequantize=False)
+    expected = -Normal(torch.sigmoid(logits), 0.2).log_prob(x.flatten(1)).sum(-1)
+    torch.testing.assert_close(fixed.nll(logits, x), expected)
+    assert not list(fixed.parameters())  # fixed: a buffer, not trained
+
+
+def test_the_learned_sigma_is_one_parameter_per_pixel_and_trains() -> None:
+    learned = Gaussian(D8, variance="learned", sigma=0.5, dequantize=False)
+    (log_sigma,) = learned.parameters()
+    assert log_sigma.shape == (9,)
+    learned.nll(torch.randn(4, 9), eight_bit()).sum().backward()
+    assert log_sigma.grad is not None and log_sigma.grad.abs().sum() > 0
+
+
+def test_the_optimal_sigma_is_the_batchs_root_mean_squared_error() -> None:
+    """sigma-VAE (Rybkin et al. 2021): the maximum-likelihood sigma of the batch."""
+    x, logits = eight_bit(), torch.randn(4, 9)
+    mse = (x.flatten(1) - torch.sigmoid(logits)).pow(2).mean()
+    optimal = Gaussian(D8, variance="optimal", dequantize=False).nll(logits, x)
+    expected = -Normal(torch.sigmoid(logits), mse.sqrt()).log_prob(x.flatten(1)).sum(-1)
+    torch.testing.assert_close(optimal, expected)
+    # No other single sigma gives the batch a higher likelihood.
+    for sigma in (mse.sqrt() * 0.9, mse.sqrt() * 1.1):
+        worse = -Normal(torch.sigmoid(logits), sigma).log_prob(x.flatten(1)).sum()
+        assert worse > optimal.sum()
+
+
+def test_dequantized_nats_bound_the_discrete_pixels_from_above() -> None:
+    """-log p(y) + D log 256, y spread over the pixel's bin of width 1/256: on average no
+    less than -log P(x) of the pixels' bins under the same Gaussian, and close to it."""
+    x, logits = eight_bit(1), torch.randn(1, 9)
+    gaussian = Gaussian(D8, variance="fixed", sigma=0.2)
+    torch.manual_seed(0)
+    bound = torch.stack([gaussian.nll(logits, x) for _ in range(4000)]).mean().double()
+    normal = Normal(torch.sigmoid(logits).double(), 0.2)
+    low = x.flatten(1).double() * 255 / 256  # each bin [k / 256, (k + 1) / 256)
+    discrete = -torch.log(normal.cdf(low + 1 / 256) - normal.cdf(low)).sum()
+    assert discrete <= bound < discrete + 0.05
+
+
+def test_the_dequantization_draws_from_the_estimates_generator() -> None:
+    """log p(x) from the same generator is the same, and torch's global generator is left
+    as it was, so that evaluate.py's figures do not depend on what ran before."""
+    model = mlp_vae([8], latent_size=2, image_shape=D8, likelihood=GAUSSIAN)
+    x = eight_bit()
+    state = torch.get_rng_state()
+    first = model.log_likelihood(x, 5, generator=torch.Generator().manual_seed(3))
+    second = model.log_likelihood(x, 5, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(first, second) and torch.equal(torch.get_rng_state(), state)
+    other = model.log_likelihood(x, 5, generator=torch.Generator().manual_seed(4))
+    assert not torch.equal(first, other)
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"variance": "per_pixel"}, "variance='per_pixel' is invalid: use fixed, learned or"),
+        ({"sigma": 0.0}, "sigma=0.0 is invalid: use a positive standard deviation"),
+    ],
+)
+def test_bad_gaussian_settings_are_named(settings: dict, message: str) -> None:
+    with pytest.raises(UserError, match=re.escape(message)):
+        Gaussian(D8, **settings)

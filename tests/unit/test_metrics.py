@@ -85,10 +85,11 @@ def test_the_model_logs_each_terms_epoch_mean_with_no_callback(tiny_mnist: Path)
     data = MNISTDataModule(str(tiny_mnist), val_size=64, eval_batch_size=100)
     trainer = L.Trainer(logger=False, enable_progress_bar=False, accelerator="cpu")
     (metrics,) = trainer.test(model, datamodule=data, verbose=False)
-    assert set(metrics) == {f"test/{name}" for name in Terms._fields if name != "objective"} | {
-        "test/loss"
-    }
+    terms = {f"test/{name}" for name in Terms._fields if name != "objective"}
+    assert set(metrics) == terms | {"test/loss", "test/bpd"}
     with torch.no_grad():
         kl = model.loss_terms(data.test_images).kl  # (160,)
     assert metrics["test/kl"] == pytest.approx(kl.mean().item(), rel=1e-6)
     assert metrics["test/loss"] == pytest.approx(metrics["test/recon"] + metrics["test/kl"])
+    pixels = math.prod(model.hparams.image_shape)  # bits per dimension: nats / (D ln 2)
+    assert metrics["test/bpd"] == pytest.approx(metrics["test/loss"] / (pixels * math.log(2)))
