@@ -237,3 +237,14 @@ def fit_one_step(model: L.LightningModule, datamodule: L.LightningDataModule) ->
     )
     trainer.fit(model, datamodule=datamodule)
     return trainer
+
+
+class OneOutputDecoder(torch.nn.Module):
+    """A decoder of one's own that knows nothing of outputs_per_value: one output per pixel."""
+
+    def __init__(self, image_shape: tuple[int, ...], latent_size: int) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(latent_size, int(torch.tensor(image_shape).prod()))
+
+    def forward(self, z: Tensor, c: Tensor | None = None) -> Tensor:
+        return self.linear(z)

@@ -8,7 +8,12 @@ from torch import Tensor, nn
 from torch.distributions import ContinuousBernoulli as TorchContinuousBernoulli
 
 from vaelab.errors import require
-from vaelab.losses import bernoulli_nll, continuous_bernoulli_nll, gaussian_nll
+from vaelab.losses import (
+    bernoulli_nll,
+    continuous_bernoulli_nll,
+    discretized_logistic_log_prob,
+    gaussian_nll,
+)
 
 
 class Bernoulli(nn.Module):
@@ -83,3 +88,35 @@ class Gaussian(nn.Module):
     def mean(self, logits: Tensor) -> Tensor:
         """The pixels' expected values, sigmoid(logits)."""
         return torch.sigmoid(logits)
+
+
+class DiscretizedLogistic(nn.Module):
+    """A mixture of `num_mixtures` discretized logistics per pixel value for 8-bit images
+    (Salimans et al. 2017), as in IAF-VAE, NVAE and VDVAE. Unlike PixelCNN++, whose RGB means
+    depend on the channels before, each channel is its own mixture given z: the decoder
+    models the channels jointly, the likelihood not. Takes 3 k decoder outputs per value:
+    mixture logits, means, log scales (kept above -7)."""
+
+    def __init__(self, num_mixtures: int = 5) -> None:
+        super().__init__()
+        ok = isinstance(num_mixtures, int) and num_mixtures >= 1
+        require(ok, "num_mixtures", num_mixtures, "use a positive integer, e.g. 5")
+        self.num_mixtures = num_mixtures
+        self.outputs_per_value = 3 * num_mixtures
+
+    def split(self, logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The decoder's (..., 3 k D) outputs, k blocks of D each, as three (..., D, k)."""
+        k = self.num_mixtures
+        params = logits.float().unflatten(-1, (3 * k, -1)).movedim(-2, -1)  # (..., D, 3k)
+        weights, means, log_scales = params.split(k, dim=-1)
+        return weights, means, log_scales.clamp(min=-7.0)
+
+    def nll(self, logits: Tensor, x: Tensor) -> Tensor:
+        """-log P(x|z) of the 8-bit pixels: logits (..., B, 3 k D), x (B, ...) -> (..., B)."""
+        return -discretized_logistic_log_prob(*self.split(logits), x).sum(-1)
+
+    def mean(self, logits: Tensor) -> Tensor:
+        """The pixels' expected values in [0, 1] (the mixture's mean, clamped): (..., D)."""
+        weights, means, _ = self.split(logits)
+        mean = (torch.softmax(weights, dim=-1) * means).sum(-1)
+        return ((mean + 1) / 2).clamp(0, 1)

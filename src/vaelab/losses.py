@@ -78,6 +78,30 @@ def gaussian_nll(mean: Tensor, log_sigma: Tensor, x: Tensor) -> Tensor:
     return (0.5 * (LOG_2PI + z.pow(2)) + log_sigma).expand_as(mean).sum(-1)
 
 
+def discretized_logistic_log_prob(
+    weights: Tensor, means: Tensor, log_scales: Tensor, x: Tensor
+) -> Tensor:
+    """log P(x) per pixel value under a mixture of logistics discretized to 256 bins
+    (Salimans et al. 2017, PixelCNN++): mixture logits, means and log scales (..., B, D, k),
+    on values scaled to [-1, 1], x (B, ...) of 8-bit values k / 255 in [0, 1] -> (..., B, D).
+    Bin j covers [v - 1/255, v + 1/255] for its value v, the end bins reach out to -inf and
+    +inf, so the 256 probabilities sum to 1."""
+    v = (2 * x.flatten(1) - 1).unsqueeze(-1)  # (B, D, 1) in [-1, 1]
+    centred, inv_scale = v - means, torch.exp(-log_scales)
+    upper, lower = inv_scale * (centred + 1 / 255), inv_scale * (centred - 1 / 255)
+    log_cdf_upper = upper - F.softplus(upper)  # log sigmoid(upper): the first bin
+    log_survival_lower = -F.softplus(lower)  # log (1 - sigmoid(lower)): the last bin
+    mass = torch.sigmoid(upper) - torch.sigmoid(lower)
+    # Where the bin's mass underflows, its density at the centre times the bin's width.
+    middle = inv_scale * centred
+    log_density = middle - log_scales - 2 * F.softplus(middle) + math.log(2 / 255)
+    inner = torch.where(mass > 1e-5, torch.log(mass.clamp(min=1e-12)), log_density)
+    log_p = torch.where(
+        v < -0.999, log_cdf_upper, torch.where(v > 0.999, log_survival_lower, inner)
+    )
+    return torch.logsumexp(log_p + F.log_softmax(weights, dim=-1), dim=-1)
+
+
 def gaussian_log_prob(z: Tensor, mean: Tensor, logvar: Tensor) -> Tensor:
     """log N(z; mean, diag(exp(logvar))), the density of q(z|x) at z.
 

@@ -4,6 +4,7 @@ Its metrics are the epoch means of the fields of `vaelab.losses.Terms`, logged a
 a new term is a field there, filled in `VAEModule.loss_terms`, and nothing else changes.
 """
 
+import inspect
 import math
 import os
 import re
@@ -93,10 +94,21 @@ class VAEModule(L.LightningModule):
             check_targets(loading[0], self.hparams, loading[1])
         size = num_classes if conditional else 0
         context = {"image_shape": image_shape, "latent_size": latent_size, "condition_size": size}
+        # The likelihood first: how many of the decoder's outputs it takes per pixel value. It is
+        # registered last, as ever, so that the parameters keep their order in the optimizer.
+        likelihood_part = build_part("likelihood", likelihood, context)
+        outputs = getattr(likelihood_part, "outputs_per_value", 1)
         self.encoder = build_part("encoder", encoder, context)
-        self.decoder = build_part("decoder", decoder, context)
+        self.decoder = build_part("decoder", decoder, {**context, "outputs_per_value": outputs})
         self.prior = build_part("prior", prior, {**context, "encoder": self.encoder})
-        self.likelihood = build_part("likelihood", likelihood, context)
+        self.likelihood = likelihood_part
+        takes = inspect.signature(type(self.decoder)).parameters
+        if outputs > 1 and "outputs_per_value" not in takes:
+            raise UserError(
+                f"decoder._target_={decoder['_target_']!r} gives one output per pixel value, "
+                f"but model.likelihood takes {outputs}: give the decoder an outputs_per_value "
+                "argument (as vaelab.networks' decoders have), or use another likelihood"
+            )
         self.configure_optimizers()  # so that a bad optimizer setting is named now
         self.epoch_sums = EpochSums(Terms._fields)  # what each epoch logs, per stage
         self.resumed_sums: dict[str, Any] | None = None  # a checkpoint's, until training starts

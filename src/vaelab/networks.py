@@ -91,15 +91,17 @@ class MLPDecoder(nn.Module):
         condition_size: int = 0,
         hidden_sizes: Sequence[int] = (400,),
         activation: str = "relu",
+        outputs_per_value: int = 1,
     ) -> None:
-        """hidden_sizes: from the latent towards the image, e.g. the encoder's reversed."""
+        """hidden_sizes: from the latent towards the image, e.g. the encoder's reversed.
+        outputs_per_value: the likelihood's parameters per pixel value (set by the VAE)."""
         super().__init__()
         check_mlp(hidden_sizes, activation)
         self.body = mlp([latent_size + condition_size, *hidden_sizes], activation)
-        self.logits = nn.Linear(hidden_sizes[-1], math.prod(image_shape))
+        self.logits = nn.Linear(hidden_sizes[-1], math.prod(image_shape) * outputs_per_value)
 
     def forward(self, z: Tensor, c: Tensor | None = None) -> Tensor:
-        return self.logits(self.body(with_condition(z, c)))  # (..., latent) -> (..., C*H*W)
+        return self.logits(self.body(with_condition(z, c)))  # (..., latent) -> (..., k*C*H*W)
 
 
 class ConvEncoder(nn.Module):
@@ -137,8 +139,10 @@ class ConvDecoder(nn.Module):
         latent_size: int,
         condition_size: int = 0,
         channels: Sequence[int] = (64, 32),
+        outputs_per_value: int = 1,
     ) -> None:
-        """channels: from the small feature map towards the image, each doubling its side."""
+        """channels: from the small feature map towards the image, each doubling its side.
+        outputs_per_value: the likelihood's parameters per pixel value (set by the VAE)."""
         super().__init__()
         check_conv(channels, image_shape)
         side = image_shape[-1] // 2 ** len(channels)
@@ -147,7 +151,7 @@ class ConvDecoder(nn.Module):
             nn.Linear(latent_size + condition_size, math.prod(self.start)), nn.ReLU()
         )
         layers: list[nn.Module] = []
-        for c_in, c_out in itertools.pairwise([*channels, image_shape[0]]):
+        for c_in, c_out in itertools.pairwise([*channels, image_shape[0] * outputs_per_value]):
             layers += [
                 nn.ConvTranspose2d(c_in, c_out, kernel_size=4, stride=2, padding=1),
                 nn.ReLU(),
@@ -157,8 +161,8 @@ class ConvDecoder(nn.Module):
     def forward(self, z: Tensor, c: Tensor | None = None) -> Tensor:
         h = self.project(with_condition(z, c))  # (..., latent [+ C]) -> (..., 64 * 7 * 7)
         leading = h.shape[:-1]
-        h = self.body(h.reshape(-1, *self.start))  # (N, c, h, w) -> (N, C, H, W)
-        return h.reshape(*leading, -1)  # (N, C, H, W) -> (..., C*H*W)
+        h = self.body(h.reshape(-1, *self.start))  # (N, c, h, w) -> (N, k*C, H, W)
+        return h.reshape(*leading, -1)  # (N, k*C, H, W) -> (..., k*C*H*W): k blocks of C*H*W
 
 
 def with_condition(z: Tensor, c: Tensor | None) -> Tensor:
