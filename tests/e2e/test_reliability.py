@@ -91,7 +91,7 @@ def test_a_validation_split_too_large_for_the_files(tiny_mnist: Path, tmp_path: 
         ("model=nope", "Could not find 'model/nope'"),
         ("model/optimizer=adamm", "Could not find 'model/optimizer/adamm'"),
         ("model/scheduler=linear", "Could not find 'model/scheduler/linear'"),
-        ("model/likelihood=gaussian", "Could not find 'model/likelihood/gaussian'"),
+        ("model/likelihood=poisson", "Could not find 'model/likelihood/poisson'"),
         ("model/encoder=rnn", "Could not find 'model/encoder/rnn'"),
     ],
 )
