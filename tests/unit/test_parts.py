@@ -71,7 +71,12 @@ def tiny_data(tiny_mnist: Path) -> MNISTDataModule:
     return MNISTDataModule(str(tiny_mnist), batch_size=32, val_size=64)
 
 
-COMBINATIONS = list(itertools.product(ENCODERS, DECODERS, PRIORS, LIKELIHOODS, (False, True)))
+# All of them in the whole suite; in the quick subset every prior x likelihood x conditioning
+# with an encoder and decoder of one kind (mlp-mlp, conv-conv), the mixed kinds left out.
+COMBINATIONS = [
+    pytest.param(*c, marks=[pytest.mark.slow] if c[0] != c[1] else [])
+    for c in itertools.product(ENCODERS, DECODERS, PRIORS, LIKELIHOODS, (False, True))
+]
 
 
 @pytest.mark.parametrize("encoder,decoder,prior,likelihood,conditional", COMBINATIONS)
