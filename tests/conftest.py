@@ -164,6 +164,13 @@ def run_script(
 
 # Runs fork from a Python that has imported torch and Lightning (tests/warm.py), which saves
 # those seconds of each run; VAELAB_TESTS_FRESH=1, or fresh=True, starts a new interpreter.
+# Under pytest-xdist, each worker and the runs it starts compute on one thread: with a worker
+# per core, torch's default of a thread per core in each of them (and in their runs) would
+# oversubscribe the cores, and OpenMP's spin-waits then cost more than the threads gain on
+# these tiny models. A sweep's joblib workers still get OMP_NUM_THREADS from joblib.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 WARM = WarmPython()
 FRESH = os.environ.get("VAELAB_TESTS_FRESH") == "1"
 
