@@ -45,8 +45,9 @@ class Gaussian(nn.Module):
     """Independent Gaussian pixels N(sigmoid(logit), sigma^2) for 8-bit images in [0, 1].
 
     `variance`: "fixed" (sigma as given), "learned" (one sigma per pixel, a parameter), or
-    "optimal", the sigma-VAE's (Rybkin et al. 2021): the maximum-likelihood sigma of the
-    batch, sqrt of its mean squared error, so a figure depends on the batch it was in. With
+    "optimal", after the sigma-VAE (Rybkin et al. 2021): the maximum-likelihood sigma of each
+    image's reconstruction, the root of its mean squared error (per image rather than per
+    batch, so that a figure depends neither on the batch nor on the draws beside it). With
     `dequantize` (for 8-bit data, values k / 255), each pixel is spread uniformly over its
     bin of width 1/256, y = (255 x + u) / 256 with u ~ U(0, 1), and D log 256 is added:
     -log p(y) + D log 256 bounds -log P(x) of the discrete pixels from above, in nats that
@@ -81,7 +82,7 @@ class Gaussian(nn.Module):
             y = (y * 255 + torch.rand_like(y)) / 256
         log_sigma = self.log_sigma
         if self.variance == "optimal":
-            log_sigma = 0.5 * torch.log((y - mean).pow(2).mean())
+            log_sigma = 0.5 * torch.log((y - mean).pow(2).mean(-1, keepdim=True))
         nll = gaussian_nll(mean, log_sigma.clamp(min=-6.0), y)
         return nll + mean.shape[-1] * math.log(256) if self.dequantize else nll
 

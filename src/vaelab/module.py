@@ -338,7 +338,9 @@ class VAEModule(L.LightningModule):
         """The importance-weighted estimate of log p(x) from K draws of q(z|x), decoded
         chunk_size at a time: (B, ...) -> (B,) nats. Each draw's noise is its own (B, latent)
         tensor from `generator` (a CPU one serves a GPU model too), so chunk_size does not
-        change the result. A conditional model estimates log p(x|label)."""
+        change the result (for a likelihood that draws too, e.g. the dequantized Gaussian,
+        it changes only that likelihood's draws, not their distribution). A conditional model
+        estimates log p(x|label)."""
         require(iw_samples >= 1, "iw_samples", iw_samples, "use a positive number, e.g. 1000")
         require(chunk_size >= 1, "chunk_size", chunk_size, "use a positive integer, e.g. 100")
         c = self._condition(labels, len(x))
@@ -352,16 +354,17 @@ class VAEModule(L.LightningModule):
                     [torch.randn(mean.shape, generator=generator, device=device) for _ in range(n)]
                 )  # (n, B, latent)
                 z = mean + torch.exp(0.5 * logvar) * noise.to(mean)
-                if not getattr(self.likelihood, "random", False):
-                    yield self._log_weights(x, c, z, mean, logvar, 1.0)[1]  # (n, B)
-                    continue
-                # A likelihood that draws (Gaussian's dequantization) draws from `generator`
-                # too: torch's global generator, seeded from it for this chunk, then restored.
-                seed = int(torch.randint(2**31, (1,), generator=generator, device=device))
-                with torch.random.fork_rng([mean.device] if mean.device.type == "cuda" else []):
-                    torch.manual_seed(seed)
+                if getattr(self.likelihood, "random", False):
+                    # A likelihood that draws (the Gaussian's dequantization) draws from
+                    # torch's global generator, seeded from `generator` here, then restored.
+                    seed = int(torch.randint(2**31, (1,), generator=generator, device=device))
+                    cuda = [mean.device] if mean.device.type == "cuda" else []
+                    with torch.random.fork_rng(cuda):
+                        torch.manual_seed(seed)
+                        log_w = self._log_weights(x, c, z, mean, logvar, 1.0)[1]
+                else:
                     log_w = self._log_weights(x, c, z, mean, logvar, 1.0)[1]
-                yield log_w
+                yield log_w  # (n, B)
 
         return iw_log_likelihood(log_weights())
 

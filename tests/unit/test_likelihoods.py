@@ -181,17 +181,20 @@ def test_the_learned_sigma_is_one_parameter_per_pixel_and_trains() -> None:
     assert log_sigma.grad is not None and log_sigma.grad.abs().sum() > 0
 
 
-def test_the_optimal_sigma_is_the_batchs_root_mean_squared_error() -> None:
-    """sigma-VAE (Rybkin et al. 2021): the maximum-likelihood sigma of the batch."""
+def test_the_optimal_sigma_is_each_images_root_mean_squared_error() -> None:
+    """After the sigma-VAE (Rybkin et al. 2021): each image's maximum-likelihood sigma, so an
+    image's figure does not depend on the others in its batch."""
     x, logits = eight_bit(), torch.randn(4, 9)
-    mse = (x.flatten(1) - torch.sigmoid(logits)).pow(2).mean()
-    optimal = Gaussian(D8, variance="optimal", dequantize=False).nll(logits, x)
+    mse = (x.flatten(1) - torch.sigmoid(logits)).pow(2).mean(-1, keepdim=True)  # (4, 1)
+    likelihood = Gaussian(D8, variance="optimal", dequantize=False)
+    optimal = likelihood.nll(logits, x)
     expected = -Normal(torch.sigmoid(logits), mse.sqrt()).log_prob(x.flatten(1)).sum(-1)
     torch.testing.assert_close(optimal, expected)
-    # No other single sigma gives the batch a higher likelihood.
+    torch.testing.assert_close(likelihood.nll(logits[:1], x[:1]), optimal[:1])  # alone: same
+    # No other sigma gives an image a higher likelihood.
     for sigma in (mse.sqrt() * 0.9, mse.sqrt() * 1.1):
-        worse = -Normal(torch.sigmoid(logits), sigma).log_prob(x.flatten(1)).sum()
-        assert worse > optimal.sum()
+        worse = -Normal(torch.sigmoid(logits), sigma).log_prob(x.flatten(1)).sum(-1)
+        assert (worse > optimal).all()
 
 
 def test_dequantized_nats_bound_the_discrete_pixels_from_above() -> None:
