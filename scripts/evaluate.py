@@ -67,19 +67,22 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
     # test/nll_iw: K draws of q(z|x) per image, from their own seeded generator; and the
     # means of q(z|x), whose spread over the test images counts the active units.
-    model.to(trainer.strategy.root_device)  # where the test images are; the Trainer moved it back
+    device = trainer.strategy.root_device
+    model.to(device)  # where in-memory test images are; the Trainer moved it back
     iw_noise = torch.Generator().manual_seed(cfg.seed)
     conditional = model.hparams.conditional
     nll, means = [], []
-    images = len(data.test_images)
-    with tqdm(total=images, desc=f"test/nll_iw, K={cfg.iw_samples}", unit="image") as progress:
-        for x, labels in data.test_dataloader():
+    batches = data.test_dataloader()
+    desc = f"test/nll_iw, K={cfg.iw_samples}"
+    with tqdm(total=len(batches), desc=desc, unit="batch") as progress:
+        for x, labels in batches:
+            x, labels = x.to(device), labels.to(device)  # read from files: on the CPU
             given = labels if conditional else None
             log_px = model.log_likelihood(x, cfg.iw_samples, cfg.chunk_size, iw_noise, given)
             nll.append(-log_px.double().cpu())
             with torch.no_grad():
                 means.append(model.encode(x, given)[0].cpu())
-            progress.update(len(x))
+            progress.update()
     nll = torch.cat(nll)  # (N,) nats per image
     metrics["test/nll_iw"] = nll.mean().item()
     metrics["test/nll_iw_se"] = standard_error(nll)  # over the test images

@@ -53,22 +53,25 @@ def visualize(cfg: DictConfig) -> None:
     checkpoint_path, run_dir = find_checkpoint(cfg.ckpt_path, cfg.run_dir)
     model, checkpoint = load_checkpoint(checkpoint_path, trust=cfg.trust)
     model.eval()
-    data = load_datamodule(checkpoint, where_data(cfg), cfg.trust)
+    # Batches of 1000, as the means were always computed: the same figures to the bit.
+    data = load_datamodule(checkpoint, where_data(cfg), cfg.trust, eval_batch_size=1000)
     data.prepare_data()  # as in training: downloaded if missing, else the same message
     data.setup("test")
-    images, labels = data.test_images, data.test_labels  # (N, C, H, W), (N,)
     conditional = model.hparams.conditional
+    # The means of q(z|x) and the labels of all test images; the first `kept` test images.
+    kept = max(cfg.embedding_size, 4 * NROW)
+    means, all_labels, first = [], [], []
+    with torch.no_grad():
+        for x, y in data.test_dataloader():  # (B, C, H, W), (B,)
+            means.append(model.encode(x, y if conditional else None)[0])  # (B, latent)
+            all_labels.append(y)
+            if sum(len(images) for images, _ in first) < kept:
+                first.append((x, y))
+    means, labels = torch.cat(means), torch.cat(all_labels)  # (N, latent), (N,)
+    images = torch.cat([x for x, _ in first])[:kept]  # (kept, C, H, W)
     given = labels if conditional else None  # the labels a conditional model is given
 
     with torch.no_grad():
-        means = torch.cat(
-            [
-                model.encode(images[i : i + 1000], None if given is None else given[i : i + 1000])[
-                    0
-                ]
-                for i in range(0, len(images), 1000)
-            ]
-        )  # (N, latent)
         digits = images[: 4 * NROW]
         reconstructions = model.reconstruct(digits, None if given is None else given[: 4 * NROW])
         # The first test image; row i moves latent dimension i from -3 to 3.
@@ -79,7 +82,7 @@ def visualize(cfg: DictConfig) -> None:
             "reconstructions": pairs_grid(digits, reconstructions, NROW),
             "traversals": make_grid(model.decode(traversals, traversal_labels), STEPS),
             "samples": samples_grid(model, NROW * NROW, NROW, noise),
-            "interpolations": interpolations_grid(model, images, labels, NROW, STEPS),
+            "interpolations": interpolations_grid(model, images, labels[:kept], NROW, STEPS),
         }
         if model.hparams.latent_size == 2 and not conditional:
             manifold = model.decode(manifold_latents(MANIFOLD_SIZE))
@@ -93,7 +96,7 @@ def visualize(cfg: DictConfig) -> None:
             if grid is not None:  # no interpolation without two images of a class
                 save_image(grid, figures / f"{name}.png")
                 writer.add_image(f"test/{name}", grid, step)
-        scatter = latent_scatter(means, labels, f"Means of q(z|x), {len(images)} test images")
+        scatter = latent_scatter(means, labels, f"Means of q(z|x), {len(means)} test images")
         scatter.savefig(figures / "latent_means.png", dpi=120)
         writer.add_figure("test/latent_means", scatter, step)
         n = cfg.embedding_size

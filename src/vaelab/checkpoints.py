@@ -130,7 +130,10 @@ def weights_difference(model: VAEModule, state_dict: Any) -> str | None:
 
 
 def datamodule_targets(checkpoint: dict[str, Any]) -> list[Any]:
-    """What ImageDataModule.state_dict saved, under the DataModule's class name: its class."""
+    """The DataModule class that the checkpoint names: `datamodule_target`, which VAEModule
+    saves; in older checkpoints, the only value of a dict saved under the class's name."""
+    if "datamodule_target" in checkpoint:
+        return [checkpoint["datamodule_target"]]
     return [
         value["_target_"]
         for value in checkpoint.values()

@@ -1,19 +1,25 @@
-"""Image sets read from files into tensors: MNIST-format folders, and one .npz or .pt file."""
+"""Image sets read from files: MNIST-format folders, one .npz or .pt file and CIFAR-10's
+batches into tensors; folders of PNG and JPEG files (and CelebA's) image by image."""
 
 import gzip
 import hashlib
+import io
 import math
+import pickle
 import struct
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
+from torch.utils.data import Dataset
 from torchvision import datasets
+from torchvision.transforms import v2
 
 from vaelab.errors import UserError, torch_load_refusal
 
@@ -308,3 +314,164 @@ def _read_arrays(path: Path) -> dict[str, Tensor]:
                 )
         return content
     raise UserError(f"{path} is neither a .npz nor a .pt file; give the path of {IMAGE_FILE}")
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # as file names end, in any case
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The PNG and JPEG files under `folder`, at any depth, sorted by path."""
+    return sorted(
+        path
+        for path in folder.rglob("*")
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+    )
+
+
+def labelled_files(folder: Path) -> tuple[list[Path], list[int], list[str]]:
+    """The image files under `folder`, their labels and the class names: one class per
+    sub-folder (names sorted) when every image lies in a sub-folder, else no classes and the
+    label -1 for every image. A UserError if there is no image."""
+    files = image_files(folder)
+    if not files:
+        suffixes = ", ".join(IMAGE_SUFFIXES)
+        raise UserError(f"{folder} holds no image files ({suffixes}); give a folder of images")
+    tops = [path.relative_to(folder).parts for path in files]
+    if any(len(parts) == 1 for parts in tops):  # images directly in the folder: no classes
+        return files, [-1] * len(files), []
+    classes = sorted({parts[0] for parts in tops})
+    index = {name: i for i, name in enumerate(classes)}
+    return files, [index[parts[0]] for parts in tops], classes
+
+
+class ImageFiles(Dataset):
+    """Images read from their files when indexed, in PIL's `mode` ("RGB" or "L"), through
+    `transform` (PIL image -> uint8 tensor), as floats k / 255, (C, H, W), with their labels."""
+
+    def __init__(
+        self,
+        files: Sequence[Path],
+        labels: Sequence[int],
+        mode: str,
+        transform: Callable[[Image.Image], Tensor],
+    ) -> None:
+        self.files, self.labels = list(files), list(labels)
+        self.mode, self.transform = mode, transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        path = self.files[index]
+        try:
+            with Image.open(path) as image:
+                pixels = self.transform(image.convert(self.mode))  # uint8 (C, H, W)
+        except (OSError, ValueError, SyntaxError) as err:  # PIL's errors for bad files
+            raise UserError(
+                f"{path} cannot be read as an image ({err}); remove or replace that file"
+            ) from None
+        return pixels.float().div_(255), self.labels[index]
+
+
+def resize_and_crop(image_size: int, crop_size: int | None = None) -> v2.Compose:
+    """PIL image -> uint8 tensor: centre-cropped to `crop_size` first if given, then the
+    shorter side resized to `image_size` and centre-cropped to a square."""
+    crop = [v2.CenterCrop(crop_size)] if crop_size else []
+    return v2.Compose([*crop, v2.Resize(image_size), v2.CenterCrop(image_size), v2.PILToTensor()])
+
+
+CIFAR10_FOLDER = "cifar-10-batches-py"
+CIFAR10_BATCH = 10_000  # images per file of the real set
+CIFAR10_CLASSES = 10
+# The published MD5 sums of the files, as torchvision's CIFAR10 lists them.
+CIFAR10_MD5 = dict(datasets.CIFAR10.train_list + datasets.CIFAR10.test_list)
+CIFAR10_TRAIN = [name for name, _ in datasets.CIFAR10.train_list]  # data_batch_1 to 5
+CIFAR10_TEST = [name for name, _ in datasets.CIFAR10.test_list]  # test_batch
+
+
+class RefusedGlobal(pickle.UnpicklingError):
+    """A pickle named a function or class that reading CIFAR-10's files never calls."""
+
+
+class CIFARUnpickler(pickle.Unpickler):
+    """Unpickles CIFAR-10's batch files, which hold dicts of lists, strings, numbers and numpy
+    arrays: the only globals it resolves are those that rebuild a numpy array, so a file
+    that names any other (e.g. os.system) is refused before anything is called."""
+
+    RECONSTRUCT = np.ndarray.__reduce__(np.zeros(1))[0]  # numpy's _reconstruct, any version
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"): RECONSTRUCT,
+        ("numpy._core.multiarray", "_reconstruct"): RECONSTRUCT,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise RefusedGlobal(f"{module}.{name}")
+        return self.ALLOWED[module, name]
+
+
+def read_cifar_batch(path: Path) -> tuple[Tensor, Tensor]:
+    """A CIFAR-10 batch file's images, uint8 (N, 3, 32, 32), and labels, int64 (N,). A file
+    of the real set's size must match its published MD5; a UserError names a bad file."""
+    data = path.read_bytes()
+
+    def bad(why: str) -> UserError:
+        return UserError(
+            f"{path} is damaged or not a CIFAR-10 batch file: {why}. Delete it so that it is "
+            "downloaded again, or point data.data_dir to a good copy of CIFAR-10"
+        )
+
+    try:
+        content = CIFARUnpickler(io.BytesIO(data), encoding="latin1").load()
+    except RefusedGlobal as err:
+        raise bad(f"it was refused: it holds code (it calls {err}), which is never run") from None
+    except Exception as err:  # truncated, or not a pickle
+        raise bad(f"it cannot be unpickled ({type(err).__name__}: {err})") from None
+    if not isinstance(content, dict) or not {"data", "labels"} <= set(content):
+        raise bad("it holds no dict with `data` and `labels`")
+    images, labels = content["data"], content["labels"]
+    if not (isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 2):
+        raise bad("its `data` is not a uint8 array of N x 3072 bytes")
+    if images.shape[1] != 3 * 32 * 32 or len(labels) != len(images):
+        raise bad(f"its `data` has shape {images.shape} for {len(labels)} labels")
+    if not all(isinstance(y, int) and 0 <= y < CIFAR10_CLASSES for y in labels):
+        raise bad("its labels are not integers 0 to 9")
+    if len(images) == CIFAR10_BATCH and (md5 := _md5(data)) != CIFAR10_MD5.get(path.name):
+        raise bad(f"its MD5 is {md5}, not CIFAR-10's {CIFAR10_MD5.get(path.name)}")
+    pixels = torch.from_numpy(images.reshape(-1, 3, 32, 32).copy())  # (N, 3072) -> (N, 3, 32, 32)
+    return pixels, torch.tensor(labels, dtype=torch.int64)
+
+
+CELEBA_FOLDER, CELEBA_IMAGES, CELEBA_PARTITION = (
+    "celeba",
+    "img_align_celeba",
+    "list_eval_partition.txt",
+)
+CELEBA_SPLITS = ("train", "val", "test")  # partition 0, 1 and 2
+
+
+def celeba_splits(root: Path) -> dict[str, list[Path]]:
+    """CelebA's image files by split, from `list_eval_partition.txt` in `root` (lines such as
+    `000001.jpg 0`: 0 train, 1 val, 2 test), in the file's order."""
+    layout = (
+        f"CelebA's layout is <data_dir>/{CELEBA_FOLDER}/{CELEBA_IMAGES}/*.jpg and "
+        f"<data_dir>/{CELEBA_FOLDER}/{CELEBA_PARTITION} (torchvision's); point data.data_dir "
+        f"to the folder that holds {CELEBA_FOLDER}/"
+    )
+    for needed in (root / CELEBA_IMAGES, root / CELEBA_PARTITION):
+        if not needed.exists():
+            raise UserError(f"CelebA: {needed} is missing. {layout}")
+    splits: dict[str, list[Path]] = {split: [] for split in CELEBA_SPLITS}
+    partition = root / CELEBA_PARTITION
+    for number, line in enumerate(partition.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        name, _, split = line.strip().rpartition(" ")
+        if not name or split not in ("0", "1", "2"):
+            raise UserError(
+                f"{partition}, line {number}: {line.strip()!r} is not `<image>.jpg <0, 1 or 2>`"
+            )
+        splits[CELEBA_SPLITS[int(split)]].append(root / CELEBA_IMAGES / name.strip())
+    return splits

@@ -23,20 +23,39 @@ Batch = tuple[Tensor, Tensor]  # images, labels
 class ActiveUnits(L.Callback):
     """Log val/active_units after each validation: the latent dimensions whose mean of
     q(z|x) varies over the validation images by more than `threshold` (Burda et al. 2015,
-    Sec. 5.2), from one pass of the encoder over them."""
+    Sec. 5.2), from one pass of the encoder over the validation batches as they are seen
+    (under DDP, each process's shard, gathered)."""
 
     def __init__(self, threshold: float = 0.01) -> None:
         self.threshold = threshold
+        self.means: list[Tensor] = []  # per validation batch, (B, latent)
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: "VAEModule") -> None:
+        self.means = []
 
     @torch.no_grad()
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: "VAEModule") -> None:
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: "VAEModule",
+        outputs: Any,
+        batch: Batch,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         if trainer.sanity_checking:
             return
-        data, conditional = trainer.datamodule, pl_module.hparams.conditional
-        chunks = zip(data.val_images.split(1000), data.val_labels.split(1000), strict=True)
-        means = [pl_module.encode(x, y if conditional else None)[0] for x, y in chunks]
-        count = active_units(torch.cat(means), self.threshold)
+        images, labels = batch
+        given = labels if pl_module.hparams.conditional else None
+        self.means.append(pl_module.encode(images, given)[0])
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: "VAEModule") -> None:
+        if trainer.sanity_checking or not self.means:
+            return
+        means = pl_module.all_gather(torch.cat(self.means))  # (world_size, N, latent) under DDP
+        count = active_units(means.flatten(0, -2), self.threshold)  # -> (world_size * N, latent)
         pl_module.log("val/active_units", float(count), on_epoch=True)
+        self.means = []
 
 
 class ImageLogger(L.Callback):

@@ -217,6 +217,11 @@ class VAEModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # A resumed run then logs the same means for its first epoch as an uninterrupted one.
         checkpoint["epoch_sums"] = self.epoch_sums.state_dict("train")
+        # The DataModule's class, which scripts rebuild it from (vaelab.checkpoints) with the
+        # datamodule_hyper_parameters that Lightning saves beside it.
+        if (datamodule := self.trainer.datamodule) is not None:
+            cls = type(datamodule)
+            checkpoint["datamodule_target"] = f"{cls.__module__}.{cls.__qualname__}"
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The settings the checkpoint trained with, for `on_train_start` to replace.
