@@ -1,7 +1,9 @@
-"""Shared fixtures: tiny MNIST-format and tensor files, so tests run the real loading code."""
+"""Shared fixtures: tiny MNIST-format, tensor, image-folder, CIFAR-10 and CelebA files, so tests
+run the real loading code."""
 
 import json
 import os
+import pickle
 import re
 import struct
 import subprocess
@@ -14,6 +16,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
+from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from .warm import WarmPython
@@ -142,6 +145,76 @@ def tiny_pt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A .pt of 200 float RGB 16 x 16 images in [0, 1] (N x 3 x 16 x 16), with no labels."""
     images = torch.rand(200, 3, 16, 16, generator=torch.Generator().manual_seed(4))
     return write_arrays(tmp_path_factory.mktemp("tensors") / "colours.pt", images=images)
+
+
+def write_images(
+    folder: Path, count: int, rng: np.random.Generator, size: tuple = (12, 10)
+) -> None:
+    """Write `count` random RGB images of `size` (width, height) into folder, PNG but every
+    third one JPEG, named 00.png, 01.png, ..."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i:02d}.{'jpg' if i % 3 == 2 else 'png'}")
+
+
+@pytest.fixture(scope="session")
+def tiny_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Image folders of 12 x 10 RGB images: flat/ (48, some in a sub-folder: no classes),
+    classes/{ant,bee}/ (12 each), and split/{train,test}/{ant,bee}/ (10 and 3 each)."""
+    root, rng = tmp_path_factory.mktemp("images"), np.random.default_rng(5)
+    write_images(root / "flat", 40, rng)
+    write_images(root / "flat" / "more", 8, rng)
+    for name in ("ant", "bee"):
+        write_images(root / "classes" / name, 12, rng)
+        write_images(root / "split" / "train" / name, 10, rng)
+        write_images(root / "split" / "test" / name, 3, rng)
+    return root
+
+
+CIFAR_PER_FILE = 8  # images in each tiny batch file
+
+
+def write_cifar_batch(path: Path, images: np.ndarray, labels: list[int]) -> None:
+    """A CIFAR-10 batch file as the real ones are: a pickled dict with `data` (N x 3072
+    uint8, the red, green and blue planes of each image) and `labels`, protocol 2."""
+    content = {"batch_label": path.name, "labels": labels, "data": images, "filenames": []}
+    path.write_bytes(pickle.dumps(content, protocol=2))
+
+
+@pytest.fixture(scope="session")
+def tiny_cifar10(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data folder holding cifar-10-batches-py/ with 5 x 8 training and 8 test images,
+    labelled 0 to 9 in turn; the first (red) pixel of each image holds its label."""
+    root = tmp_path_factory.mktemp("data")
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(6)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for number, name in enumerate(names):
+        labels = [(number * CIFAR_PER_FILE + i) % 10 for i in range(CIFAR_PER_FILE)]
+        images = rng.integers(0, 256, (CIFAR_PER_FILE, 3072), dtype=np.uint8)
+        images[:, 0] = labels  # the red plane's first pixel: the label
+        write_cifar_batch(folder / name, images, labels)
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": list("abcdefghij")}, 2))
+    return root
+
+
+CELEBA_PARTITION = [0] * 12 + [1] * 4 + [2] * 4  # train, val, test
+
+
+@pytest.fixture(scope="session")
+def tiny_celeba(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data folder holding celeba/ in torchvision's layout: 20 JPEGs of CelebA's 178 x 218
+    and list_eval_partition.txt, 12 train, 4 val and 4 test."""
+    root = tmp_path_factory.mktemp("data")
+    write_images(root / "celeba" / "img_align_celeba", 20, np.random.default_rng(7), (178, 218))
+    images = sorted((root / "celeba" / "img_align_celeba").iterdir())
+    for i, path in enumerate(images):  # named as CelebA's are
+        path.rename(path.with_name(f"{i + 1:06d}.jpg"))
+    lines = [f"{i + 1:06d}.jpg {split}" for i, split in enumerate(CELEBA_PARTITION)]
+    (root / "celeba" / "list_eval_partition.txt").write_text("\n".join(lines) + "\n")
+    return root
 
 
 # Downloads fail at once: no proxy answers there.

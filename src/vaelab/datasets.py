@@ -1,6 +1,7 @@
 """Image sets read from files: MNIST-format folders, one .npz or .pt file and CIFAR-10's
 batches into tensors; folders of PNG and JPEG files (and CelebA's) image by image."""
 
+import codecs
 import gzip
 import hashlib
 import io
@@ -395,8 +396,8 @@ class RefusedGlobal(pickle.UnpicklingError):
 
 class CIFARUnpickler(pickle.Unpickler):
     """Unpickles CIFAR-10's batch files, which hold dicts of lists, strings, numbers and numpy
-    arrays: the only globals it resolves are those that rebuild a numpy array, so a file
-    that names any other (e.g. os.system) is refused before anything is called."""
+    arrays: the only globals it resolves are those that rebuild a numpy array (and bytes), so
+    a file that names any other (e.g. os.system) is refused before anything is called."""
 
     RECONSTRUCT = np.ndarray.__reduce__(np.zeros(1))[0]  # numpy's _reconstruct, any version
     ALLOWED = {
@@ -404,6 +405,8 @@ class CIFARUnpickler(pickle.Unpickler):
         ("numpy._core.multiarray", "_reconstruct"): RECONSTRUCT,
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
+        # Bytes in a protocol-2 pickle that Python 3 wrote (as torch's weights_only allows).
+        ("_codecs", "encode"): codecs.encode,
     }
 
     def find_class(self, module: str, name: str) -> Any:
