@@ -94,14 +94,34 @@ def leaves(node: DictConfig, prefix: str) -> dict[str, object]:
     return found
 
 
+def data_settings(option: str, request: pytest.FixtureRequest) -> list[str]:
+    """Where the tiny files of data=OPTION lie, and sizes that fit them; [] for the MNIST
+    family, whose data_dir the caller gives."""
+    fixture = request.getfixturevalue
+    return {
+        "tensors": [f"data.path={fixture('tiny_npz')}", "data.val_size=8", "data.test_size=8"],
+        "image_folder": [
+            f"data.path={fixture('tiny_images') / 'flat'}",
+            "data.val_size=8",
+            "data.test_size=8",
+            "data.image_size=8",
+            "data.num_workers=0",
+        ],
+        "cifar10": [f"data.data_dir={fixture('tiny_cifar10')}", "data.val_size=8"],
+        "celeba": [
+            f"data.data_dir={fixture('tiny_celeba')}",
+            "data.image_size=8",
+            "data.num_workers=0",
+        ],
+    }.get(option, [])
+
+
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
-def test_every_option_builds(group: str, option: str, tmp_path: Path, tiny_npz: Path) -> None:
+def test_every_option_builds(
+    group: str, option: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     nodes = ["trainer.num_nodes=2"] if option == "multi_node" else []
-    nodes += (
-        [f"data.path={tiny_npz}", "data.val_size=8", "data.test_size=8"]
-        if option == "tensors"
-        else []
-    )
+    nodes += data_settings(option, request) if group == "data" else []
     cfg = compose_train([f"{group}={option}", *nodes], tmp_path)
     check_types(cfg)
     if group == "logger" and option in ("mlflow", "wandb"):
@@ -168,8 +188,8 @@ def tiny_sets(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # A step of training on the tiny data, whatever the option sets: batches of 32, one of each
 # stage (with a validation, so that a best checkpoint is kept), the progress bar off.
+IDX_OPTIONS = ("mnist", "fashion_mnist", "kmnist")  # read from tiny_sets
 ONE_STEP = [
-    "data.val_size=64",
     "data.batch_size=32",
     "data.eval_batch_size=64",
     "trainer.max_epochs=1",
@@ -184,12 +204,12 @@ ONE_STEP = [
 
 
 def one_step_config(
-    group: str, option: str, tiny_sets: Path, tiny_npz: Path, tmp_path: Path
+    group: str, option: str, tiny_sets: Path, request: pytest.FixtureRequest, tmp_path: Path
 ) -> DictConfig:
     """`group=option` on the tiny data, set to train one step."""
-    data = [f"data.data_dir={tiny_sets}"]
-    if group == "data" and option == "tensors":
-        data = [f"data.path={tiny_npz}", "data.test_size=64"]
+    data = [f"data.data_dir={tiny_sets}", "data.val_size=64"]
+    if group == "data" and option not in IDX_OPTIONS:
+        data = data_settings(option, request)
     extra = ["trainer.num_nodes=2"] if option == "multi_node" else []
     if group == "debug" and option == "overfit":
         extra = ["trainer.overfit_batches=1"]
@@ -202,12 +222,12 @@ def one_step_config(
     "group,option", [(g, o) for g, o in all_options() if g not in SWEEPS + PARTS]
 )
 def test_every_option_trains_a_step(
-    group: str, option: str, tiny_sets: Path, tiny_npz: Path, tmp_path: Path
+    group: str, option: str, tiny_sets: Path, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     """Each option of each group composes, type-checks and trains: an option that shapes the
     Trainer through a fit, test and summary of one step each in this process; one that shapes
     the data or the model through an optimizer step on a batch of its data."""
-    cfg = one_step_config(group, option, tiny_sets, tiny_npz, tmp_path)
+    cfg = one_step_config(group, option, tiny_sets, request, tmp_path)
     check_types(cfg)
     if cfg.trainer.get("accelerator") == "gpu" and not torch.cuda.is_available():
         pytest.skip("no GPU here; test_gpu_presets checks the trainer settings")

@@ -2,11 +2,12 @@
 
 import gzip
 import hashlib
+import os
+import pickle
 import re
 import shutil
 import urllib.request
 from dataclasses import replace
-from importlib import import_module
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +24,16 @@ from vaelab.data import (
     MNISTDataModule,
     TensorDataModule,
 )
-from vaelab.datasets import FASHION_MNIST, IDX_FILES, load_image_file
+from vaelab.datasets import FASHION_MNIST, IDX_FILES, load_image_file, read_cifar_batch
 
-from ..conftest import TINY_TEST, TINY_TRAIN, compose_train, write_arrays, write_idx
+from ..conftest import (
+    TINY_TEST,
+    TINY_TRAIN,
+    compose_train,
+    write_arrays,
+    write_cifar_batch,
+    write_idx,
+)
 
 IDX_SETS = [  # (fixture, DataModule, folder, name in messages)
     ("tiny_mnist", MNISTDataModule, "MNIST", "MNIST"),
@@ -310,21 +318,50 @@ def test_each_idx_config_builds_its_datamodule(option: str, cls: type, tmp_path:
     assert type(dm) is cls and dm.hparams.val_size == 5000
 
 
+class Planted:
+    """A pickled object that would run a shell command when unpickled by plain pickle."""
+
+    def __init__(self, pwned: Path) -> None:
+        self.pwned = pwned
+
+    def __reduce__(self) -> tuple:
+        return os.system, (f"touch {self.pwned}",)
+
+
+def test_a_cifar_file_that_holds_code_is_refused_unrun(tmp_path: Path) -> None:
+    pwned, path = tmp_path / "PWNED", tmp_path / "data_batch_1"
+    path.write_bytes(pickle.dumps({"data": Planted(pwned), "labels": [0]}, protocol=2))
+    with pytest.raises(UserError) as error:
+        read_cifar_batch(path)
+    assert not pwned.exists()
+    message = str(error.value)
+    assert message.startswith(f"{path} is damaged or not a CIFAR-10 batch file: it was refused")
+    assert "(it calls posix.system)" in message and "\n" not in message
+
+
+def test_a_real_sized_cifar_file_must_match_its_published_md5(tmp_path: Path) -> None:
+    path = tmp_path / "data_batch_1"
+    write_cifar_batch(path, np.zeros((10_000, 3072), np.uint8), [0] * 10_000)
+    with pytest.raises(UserError, match="its MD5 is .*, not CIFAR-10's c99cafc152244af753f7"):
+        read_cifar_batch(path)
+    write_cifar_batch(path, np.zeros((10, 3072), np.uint8), [0] * 10)  # a small one: no MD5
+    assert read_cifar_batch(path)[0].shape == (10, 3, 32, 32)
+
+
 @pytest.mark.parametrize(
     "fixture,cls,sizes",
     [(f, c, {}) for f, c, _, _ in IDX_SETS] + [("tiny_npz", TensorDataModule, {"test_size": 32})],
 )
-def test_the_state_names_the_class_that_rebuilds_the_datamodule(
+def test_the_hyperparameters_rebuild_the_datamodule(
     fixture: str, cls: type, sizes: dict, request: pytest.FixtureRequest
 ) -> None:
+    """What a checkpoint keeps of the DataModule, its hyperparameters, rebuild the same data
+    (its class is saved by VAEModule: tests/unit/test_checkpoints.py)."""
     dm = cls(str(request.getfixturevalue(fixture)), batch_size=16, val_size=64, **sizes)
-    state = dm.state_dict()
-    assert state == {"_target_": f"vaelab.data.{cls.__name__}"}
-    module, name = state["_target_"].rsplit(".", 1)
-    rebuilt = getattr(import_module(module), name)(**dm.hparams)
+    assert dm.state_dict() == {}  # nothing of its own to save: Lightning writes no entry
+    rebuilt = cls(**dm.hparams)
     assert type(rebuilt) is cls and rebuilt.hparams == dm.hparams
     for each in (dm, rebuilt):
-        each.load_state_dict(state)
         each.setup("fit")
     assert torch.equal(rebuilt.val_images, dm.val_images)
     assert torch.equal(rebuilt.test_labels, dm.test_labels)
