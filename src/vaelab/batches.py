@@ -17,6 +17,30 @@ def stream_seed(*keys: int) -> int:
     return int(np.random.SeedSequence(keys).generate_state(1, np.uint64)[0] >> 1)
 
 
+def epoch_order(
+    count: int,
+    epoch: int,
+    shuffle: bool,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    device: torch.device | None = None,
+) -> Tensor | None:
+    """The examples of `rank`'s shard in epoch's order, (ceil(count / world_size),): a new
+    permutation each epoch from (seed, epoch) with `shuffle`; None for all examples in their
+    stored order (one process, no shuffle), which a caller may slice without indexing."""
+    order = None
+    if shuffle:
+        generator = torch.Generator().manual_seed(stream_seed(seed, epoch))
+        order = torch.randperm(count, generator=generator).to(device)
+    if world_size > 1:
+        shard_size = math.ceil(count / world_size)
+        order = torch.arange(count, device=device) if order is None else order
+        padded = torch.cat([order, order[: shard_size * world_size - count]])
+        order = padded[rank::world_size]  # (shard_size,)
+    return order
+
+
 class EpochBatches:
     """Batches of `count` examples in epochs; with `shuffle`, a new order each epoch.
 
@@ -68,15 +92,9 @@ class EpochBatches:
     def order(self, epoch: int, device: torch.device | None = None) -> Tensor | None:
         """This process's examples in epoch's order, (shard_size,); None: all of them in
         their stored order, which a caller may slice without indexing."""
-        order = None
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(stream_seed(self.seed, epoch))
-            order = torch.randperm(self.count, generator=generator).to(device)
-        if self.world_size > 1:
-            order = torch.arange(self.count, device=device) if order is None else order
-            padded = torch.cat([order, order[: self.shard_size * self.world_size - self.count]])
-            order = padded[self.rank :: self.world_size]  # (shard_size,)
-        return order
+        return epoch_order(
+            self.count, epoch, self.shuffle, self.seed, self.rank, self.world_size, device
+        )
 
     def state_dict(self) -> dict[str, int]:
         """Where the next batch comes from; Lightning saves this in checkpoints."""
@@ -144,17 +162,22 @@ class BatchOrder(Sampler[list[int]]):
     on: a DataLoader's batch_sampler, iterated in the main process."""
 
     def __init__(self, batches: EpochBatches) -> None:
-        self.batches = batches
+        # Copies, not the batches themselves: a reference cycle through the DataLoader would
+        # leave its workers to the garbage collector, which then waits seconds for each.
+        self.settings = (batches.count, batches.shuffle, batches.seed)
+        self.shard = (batches.rank, batches.world_size)
+        self.batch_size, self.batches = batches.batch_size, len(batches)
         self.epoch = self.start = 0
 
     def __len__(self) -> int:
-        return len(self.batches) - self.start
+        return self.batches - self.start
 
     def __iter__(self) -> Iterator[list[int]]:
-        order = self.batches.order(self.epoch)
-        order = torch.arange(self.batches.count) if order is None else order
-        size = self.batches.batch_size
-        for i in range(self.start, len(self.batches)):
+        count, shuffle, seed = self.settings
+        order = epoch_order(count, self.epoch, shuffle, seed, *self.shard)
+        order = torch.arange(count) if order is None else order
+        size = self.batch_size
+        for i in range(self.start, self.batches):
             yield order[i * size : (i + 1) * size].tolist()
 
 
@@ -192,6 +215,13 @@ class LoaderBatches(EpochBatches):
             pin_memory=pin_memory,
             persistent_workers=num_workers > 0,  # not started anew each epoch
         )
+
+    def close(self) -> None:
+        """Stop the DataLoader's worker processes now, not when the loader is collected."""
+        iterator = self.loader._iterator  # where torch keeps persistent workers' iterator
+        if shutdown := getattr(iterator, "_shutdown_workers", None):
+            shutdown()
+        self.loader._iterator = None
 
     def _epoch_batches(self, epoch: int, start: int) -> Iterator[tuple[Tensor, Tensor]]:
         self.sampler.epoch, self.sampler.start = epoch, start

@@ -349,9 +349,16 @@ class FileDataModule(ImageDataModule):
         accepted = "use 0 (read in the training process) or more worker processes, e.g. 4"
         require(num_workers >= 0, "num_workers", num_workers, accepted)
         self.num_workers = num_workers
+        self.loaders: list[LoaderBatches] = []  # those made, whose workers teardown stops
 
     def setup(self, stage: str) -> None:
         self._shard()
+
+    def teardown(self, stage: str) -> None:
+        """Stop the loaders' worker processes as fit, validate or test ends."""
+        for loader in self.loaders:
+            loader.close()
+        self.loaders = []
 
     def train_dataloader(self) -> LoaderBatches:
         shuffle = not self._overfit()
@@ -373,7 +380,7 @@ class FileDataModule(ImageDataModule):
     ) -> LoaderBatches:
         """One split's batches, this process's shard of them; pinned for a copy to a GPU."""
         device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
-        return LoaderBatches(
+        loader = LoaderBatches(
             self.splits[split],
             batch_size,
             shuffle,
@@ -384,6 +391,8 @@ class FileDataModule(ImageDataModule):
             pin_memory=device.type == "cuda",
             **self.shard,
         )
+        self.loaders.append(loader)
+        return loader
 
 
 class ImageFolderDataModule(FileDataModule):

@@ -1,13 +1,15 @@
-"""data.binarize=dynamic: 0/1 pixels, drawn anew for each training batch, once for val and test."""
+"""vaelab.batches: data.binarize=dynamic (0/1 pixels, drawn anew for each training batch, once
+for val and test), and the DataLoader's batches resuming mid-epoch, sharded under DDP."""
 
 from pathlib import Path
 
 import pytest
 import torch
 from hydra.utils import instantiate
+from torch.utils.data import Dataset
 
 from vaelab import UserError
-from vaelab.batches import InMemoryBatches
+from vaelab.batches import InMemoryBatches, LoaderBatches
 from vaelab.data import MNISTDataModule
 from vaelab.train import train
 
@@ -108,3 +110,55 @@ def test_the_config_reaches_the_datamodule(tmp_path: Path) -> None:
     assert compose_train([], tmp_path).data.binarize == "none"
     datamodule = instantiate(compose_train(["data.binarize=dynamic"], tmp_path).data)
     assert datamodule.hparams.binarize == "dynamic"
+
+
+class Numbers(Dataset):
+    """Example i is the image (i,) with the label i."""
+
+    def __len__(self) -> int:
+        return 23
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return torch.tensor([float(index)]), index
+
+
+def loader(**settings: object) -> LoaderBatches:
+    return LoaderBatches(Numbers(), 5, shuffle=True, seed=3, **settings)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_the_loader_resumes_with_the_rest_of_the_epoch(workers: int) -> None:
+    """Interrupted after 2 of an epoch's 5 batches (with workers that read ahead), a new
+    loader given the state serves the other 3, then the next epoch as an uninterrupted one;
+    the order of each epoch is the in-memory batches' for the same seed."""
+    reference = loader()
+    first, second = epoch(reference), epoch(reference)
+    in_memory = InMemoryBatches(torch.arange(23.0).view(23, 1), torch.arange(23), 5, True, 3)
+    assert torch.equal(first, epoch(in_memory)) and torch.equal(second, epoch(in_memory))
+    interrupted = loader(num_workers=workers)
+    batches = iter(interrupted)
+    trained = [next(batches) for _ in range(2)]
+    assert interrupted.state_dict() == {"epoch": 0, "batch": 2}  # not what workers fetched
+    resumed = loader(num_workers=workers)
+    resumed.load_state_dict(interrupted.state_dict())
+    rest = list(resumed)
+    assert len(rest) == 3 and all(torch.equal(x.flatten().long(), y) for x, y in trained + rest)
+    assert torch.equal(torch.cat([x for x, _ in trained + rest]), first)
+    assert torch.equal(epoch(resumed), second)
+
+
+def test_each_process_reads_its_shard_of_each_epoch() -> None:
+    """Under DDP (world_size 2): the two shards split the epoch's order as DistributedSampler
+    does, padded with its first example, and each resumes on its own."""
+    whole = loader().order(0)
+    shards = [loader(rank=rank, world_size=2) for rank in (0, 1)]
+    served = [epoch(shard).flatten().long() for shard in shards]
+    assert [len(s) for s in served] == [12, 12]
+    padded = torch.cat([whole, whole[:1]])
+    assert torch.equal(served[0], padded[0::2]) and torch.equal(served[1], padded[1::2])
+    interrupted = loader(rank=1, world_size=2)
+    batches = iter(interrupted)
+    trained = next(batches)[0]
+    resumed = loader(rank=1, world_size=2)
+    resumed.load_state_dict(interrupted.state_dict())
+    assert torch.equal(torch.cat([trained, epoch(resumed)]).flatten().long(), served[1])
