@@ -207,13 +207,18 @@ class LoaderBatches(EpochBatches):
     ) -> None:
         super().__init__(len(dataset), batch_size, shuffle, seed, rank, world_size)
         self.binarize, self.binarize_seed = binarize, binarize_seed
-        self.sampler = BatchOrder(self)
+        self.batch_order = BatchOrder(
+            self
+        )  # not `sampler`: Lightning would take it for a DataLoader
         self.loader = DataLoader(
             dataset,
-            batch_sampler=self.sampler,
+            batch_sampler=self.batch_order,
             num_workers=num_workers,
             pin_memory=pin_memory,
             persistent_workers=num_workers > 0,  # not started anew each epoch
+            # Each iteration draws the workers' base seed from this generator: from torch's
+            # global one, it would shift the model's noise, and a resumed run's with it.
+            generator=torch.Generator().manual_seed(seed),
         )
 
     def close(self) -> None:
@@ -224,8 +229,8 @@ class LoaderBatches(EpochBatches):
         self.loader._iterator = None
 
     def _epoch_batches(self, epoch: int, start: int) -> Iterator[tuple[Tensor, Tensor]]:
-        self.sampler.epoch, self.sampler.start = epoch, start
-        indices = iter(self.sampler)  # the same order the loader's own copy draws
+        self.batch_order.epoch, self.batch_order.start = epoch, start
+        indices = iter(self.batch_order)  # the same order the loader's own copy draws
         try:
             for images, labels in self.loader:
                 if self.binarize or self.binarize_seed is not None:

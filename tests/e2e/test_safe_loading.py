@@ -59,10 +59,7 @@ def datamodule_runs(pwned: Path) -> Callable[[dict[str, Any]], None]:
     """The DataModule entry names subprocess.run, with arguments that create `pwned`."""
 
     def edit(checkpoint: dict[str, Any]) -> None:
-        (key,) = [
-            k for k, v in checkpoint.items() if isinstance(v, dict) and set(v) == {"_target_"}
-        ]
-        checkpoint[key] = {"_target_": "subprocess.run"}
+        checkpoint["datamodule_target"] = "subprocess.run"
         checkpoint["datamodule_hyper_parameters"] = {"args": ["touch", str(pwned)]}
 
     return edit
@@ -266,11 +263,7 @@ def test_data_of_another_shape_is_one_line(
     """A run on a file of 1 x 28 x 28 images, evaluated on 3 x 16 x 16 colour images."""
 
     def on_a_file(checkpoint: dict[str, Any]) -> None:
-        (key,) = [
-            k for k, v in checkpoint.items() if isinstance(v, dict) and set(v) == {"_target_"}
-        ]
-        del checkpoint[key]
-        checkpoint["TensorDataModule"] = {"_target_": "vaelab.data.TensorDataModule"}
+        checkpoint["datamodule_target"] = "vaelab.data.TensorDataModule"
         checkpoint["datamodule_hyper_parameters"] = {
             "path": str(tiny_npz),
             "batch_size": 32,

@@ -1,5 +1,5 @@
-"""vaelab.checkpoints.read_checkpoint: the one reader of checkpoint files, refusing what it
-cannot read or must not run, in one line."""
+"""vaelab.checkpoints: read_checkpoint, the one reader of checkpoint files, refusing what it
+cannot read or must not run, in one line; and the DataModule class a checkpoint names."""
 
 import os
 from pathlib import Path
@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from vaelab.checkpoints import read_checkpoint
+from vaelab.checkpoints import datamodule_class, read_checkpoint
+from vaelab.data import ImageFolderDataModule, MNISTDataModule
 from vaelab.errors import UserError
 
 
@@ -66,3 +67,14 @@ def test_a_tensor_file_without_state_dict_is_not_a_lightning_checkpoint(tmp_path
     torch.save({"w": torch.ones(2)}, path)
     with pytest.raises(UserError, match="is not a Lightning checkpoint: it holds no state_dict"):
         read_checkpoint(path)
+
+
+def test_the_datamodule_class_is_read_from_its_key_or_an_older_checkpoints_entry() -> None:
+    new = {"datamodule_target": "vaelab.data.ImageFolderDataModule"}
+    old = {"MNISTDataModule": {"_target_": "vaelab.data.MNISTDataModule"}}  # before the key
+    assert datamodule_class("new.ckpt", new) is ImageFolderDataModule
+    assert datamodule_class("old.ckpt", old) is MNISTDataModule
+    with pytest.raises(UserError, match="new.ckpt names data._target_='os.system', which loading"):
+        datamodule_class("new.ckpt", {"datamodule_target": "os.system"})
+    with pytest.raises(UserError, match="does not say which DataModule made it"):
+        datamodule_class("none.ckpt", {})
