@@ -27,6 +27,7 @@ from .warm import WarmPython
 SLOWEST_FILES = (  # paths under tests/
     "e2e/test_resume.py",
     "e2e/test_reliability.py",
+    "e2e/test_natural_images.py",
     "e2e/test_benchmark.py",
     "unit/test_parts.py",
     "e2e/test_sweeps.py",
