@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 from pathlib import Path
 
 import lightning as L
@@ -112,7 +113,7 @@ def test_every_option_builds(group: str, option: str, tmp_path: Path, tiny_npz: 
         built = instantiate(cfg.trainer)
         assert isinstance(built, L.Trainer)
     elif group == "callbacks":
-        built = [instantiate(c) for c in cfg.callbacks.values()]
+        built = [instantiate(c) for c in cfg.callbacks.values() if c]  # null: off, as in train
         assert all(isinstance(c, L.Callback) for c in built)
     elif group == "model":  # the data states its classes
         built = instantiate(cfg.model, _convert_="all", num_classes=10)
@@ -315,6 +316,14 @@ def test_every_optimizer_and_scheduler_builds(group: str, option: str, tmp_path:
     for key, value in node.items():  # the file's settings reach the object
         if key != "_target_" and group == "model/optimizer":
             assert optimizer.defaults[key] == (tuple(value) if key == "betas" else value)
+
+
+def test_grad_norm_is_off_unless_turned_on_as_its_comment_says(tmp_path: Path) -> None:
+    assert compose_train([], tmp_path).callbacks.grad_norm is None
+    comment = (CONF / "callbacks" / "default.yaml").read_text()
+    value = re.search(r"callbacks\.grad_norm='(\{.*\})'", comment).group(1)
+    cfg = compose_train([f"callbacks.grad_norm={value}"], tmp_path)
+    assert type(instantiate(cfg.callbacks.grad_norm)).__name__ == "GradNorm"
 
 
 def test_the_lr_is_logged_at_the_schedules_interval(tmp_path: Path) -> None:
