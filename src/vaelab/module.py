@@ -202,14 +202,12 @@ class VAEModule(L.LightningModule):
         self.log(f"{stage}/bpd", loss / bits, sync_dist=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
-        # The fit's optimizer steps, for a schedule over them; outside a fit, a stand-in.
-        steps = self._trainer.estimated_stepping_batches if self._trainer else None
-        return self.build_optimizers(steps)
+        return self.build_optimizers(self._trainer)  # None outside a fit
 
-    def build_optimizers(self, total_steps: float | None = None) -> Optimizer | dict[str, Any]:
+    def build_optimizers(self, trainer: L.Trainer | None = None) -> Optimizer | dict[str, Any]:
         """The optimizer, and its scheduler in Lightning's form if one is configured; a
-        UserError names a bad setting. total_steps: the fit's optimizer steps, which a scheduler
-        that takes `total_steps` spreads over (None: a stand-in, to check the settings)."""
+        UserError names a bad setting. A scheduler that takes `total_steps` spreads over the
+        trainer's optimizer steps (without a trainer, a stand-in: to check the settings)."""
         context = {"params": self.parameters(), "lr": self.hparams.lr}
         spec = dict(self.hparams.optimizer)
         if spec.get("fused") and self.device.type not in FUSED_DEVICES:
@@ -227,14 +225,14 @@ class VAEModule(L.LightningModule):
                 f"scheduler.interval={interval!r} is invalid for {cls.__name__}, which watches "
                 "val/loss after each validation: use epoch"
             )
-        if "total_steps" in inspect.signature(cls).parameters:  # e.g. OneCycleLR
-            if interval != "step":
-                raise UserError(
-                    f"scheduler.interval={interval!r} is invalid for {cls.__name__}, which spreads "
-                    "over the fit's optimizer steps: use step"
-                )
-            total_steps = self.check_total_steps(total_steps, cls.__name__)
-        context = {"optimizer": optimizer, "total_steps": total_steps, "max_lr": self.hparams.lr}
+        takes = inspect.signature(cls).parameters
+        if "total_steps" in takes and interval != "step":  # e.g. OneCycleLR
+            raise UserError(
+                f"scheduler.interval={interval!r} is invalid for {cls.__name__}, which spreads "
+                "over the fit's optimizer steps: use step"
+            )
+        steps = self.fit_steps(trainer, cls.__name__) if "total_steps" in takes else None
+        context = {"optimizer": optimizer, "total_steps": steps, "max_lr": self.hparams.lr}
         scheduler = build_part("scheduler", spec, context, SET_BY)
         check_scheduler(scheduler)  # settings torch takes but that fail or misbehave later
         # Stepped after each epoch or each optimizer step; one that reduces on a plateau
@@ -244,12 +242,14 @@ class VAEModule(L.LightningModule):
             "lr_scheduler": {"scheduler": scheduler, "interval": interval, "monitor": "val/loss"},
         }
 
-    def check_total_steps(self, total_steps: float | None, name: str) -> int:
-        """The fit's optimizer steps, a stand-in outside a fit; a UserError if it has no end."""
-        if total_steps is None:
+    @staticmethod
+    def fit_steps(trainer: L.Trainer | None, name: str) -> int:
+        """The fit's optimizer steps (Lightning's estimate), or a stand-in without a trainer;
+        a UserError if the fit has no known end. name: the scheduler's, for the message."""
+        if trainer is None:
             return STAND_IN_STEPS
+        total_steps = trainer.estimated_stepping_batches
         if not 1 <= total_steps < math.inf:  # inf: no limit; -1: an iterable of unknown length
-            trainer = self.trainer
             raise UserError(
                 f"model.scheduler ({name}) spreads over the fit's optimizer steps, but "
                 f"trainer.max_epochs={trainer.max_epochs} and trainer.max_steps="
