@@ -159,3 +159,47 @@ class LossProgressBar(TQDMProgressBar):
         if self.loss is not None and trainer.training:
             metrics["loss"] = f"{self.loss.item():.1f}"
         return metrics
+
+
+class GradNorm(L.Callback):
+    """Log train/grad_norm, the epoch's mean over optimizer steps of the total gradient norm
+    (the 2-norm of all gradients together, before any clipping), and train/grad_norm_max.
+
+    Each step's norm is added up on the device, and read once per epoch: no step waits for
+    the device. A checkpoint keeps the unfinished epoch's sums, so a resumed run logs what an
+    uninterrupted one would.
+    """
+
+    def __init__(self) -> None:
+        self.total: Tensor | None = None  # the epoch's sum of norms so far, and their largest
+        self.largest: Tensor | None = None
+        self.steps = 0
+
+    def on_before_optimizer_step(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads).detach()  # () on the device, not read
+        if self.total is None or self.largest is None:
+            self.total, self.largest = norm, norm
+        else:  # .to: a resumed run's sums come from the checkpoint on the CPU
+            self.total = self.total.to(norm.device) + norm
+            self.largest = torch.maximum(self.largest.to(norm.device), norm)
+        self.steps += 1
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.total is None or self.largest is None:
+            return
+        # DDP's gradients are the same in every process; sync_dist keeps Lightning quiet.
+        pl_module.log("train/grad_norm", self.total / self.steps, sync_dist=True)
+        pl_module.log("train/grad_norm_max", self.largest, sync_dist=True, reduce_fx="max")
+        self.total, self.largest, self.steps = None, None, 0
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.total is None or self.largest is None:
+            return {"steps": 0}
+        return {"total": self.total.cpu(), "largest": self.largest.cpu(), "steps": self.steps}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.steps = state_dict["steps"]
+        self.total, self.largest = state_dict.get("total"), state_dict.get("largest")

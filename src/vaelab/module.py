@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
+from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from vaelab.errors import UserError, require
@@ -30,7 +31,7 @@ from vaelab.losses import (
 )
 from vaelab.metrics import EpochSums
 from vaelab.networks import reparameterize
-from vaelab.parts import build_part, check_optimizer, check_targets, check_trust
+from vaelab.parts import build_part, check_optimizer, check_targets, check_trust, part_class
 from vaelab.schedules import check_scheduler
 
 MLP_ENCODER = {"_target_": "vaelab.networks.MLPEncoder"}  # the parts' defaults: 400 units, ReLU
@@ -40,6 +41,9 @@ BERNOULLI = {"_target_": "vaelab.likelihoods.Bernoulli"}
 ADAM = {"_target_": "torch.optim.Adam", "fused": True}
 FUSED_DEVICES = ("cpu", "cuda")  # where torch has fused Adam/AdamW kernels for float32 weights
 Stage = Literal["train", "val", "test"]
+# Where a user sets what the VAE gives a scheduler; outside a fit, a stand-in for the steps.
+SET_BY = {"total_steps": "trainer.max_steps or trainer.max_epochs", "max_lr": "model.lr"}
+STAND_IN_STEPS = 1000
 # While `VAEModule.load_from_checkpoint` runs: the checkpoint, and the modules its caller trusts.
 LOADING: ContextVar[tuple[str, Sequence[str]] | None] = ContextVar("loading", default=None)
 
@@ -109,7 +113,7 @@ class VAEModule(L.LightningModule):
                 f"but model.likelihood takes {outputs}: give the decoder an outputs_per_value "
                 "argument (as vaelab.networks' decoders have), or use another likelihood"
             )
-        self.configure_optimizers()  # so that a bad optimizer setting is named now
+        self.build_optimizers()  # so that a bad optimizer or scheduler setting is named now
         self.epoch_sums = EpochSums(Terms._fields)  # what each epoch logs, per stage
         self.resumed_sums: dict[str, Any] | None = None  # a checkpoint's, until training starts
         if compile:  # in place, so checkpoints keep their keys; dynamic: the last batch is smaller
@@ -198,6 +202,12 @@ class VAEModule(L.LightningModule):
         self.log(f"{stage}/bpd", loss / bits, sync_dist=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
+        return self.build_optimizers(self._trainer)  # None outside a fit
+
+    def build_optimizers(self, trainer: L.Trainer | None = None) -> Optimizer | dict[str, Any]:
+        """The optimizer, and its scheduler in Lightning's form if one is configured; a
+        UserError names a bad setting. A scheduler that takes `total_steps` spreads over the
+        trainer's optimizer steps (without a trainer, a stand-in: to check the settings)."""
         context = {"params": self.parameters(), "lr": self.hparams.lr}
         spec = dict(self.hparams.optimizer)
         if spec.get("fused") and self.device.type not in FUSED_DEVICES:
@@ -206,13 +216,47 @@ class VAEModule(L.LightningModule):
         check_optimizer(optimizer)  # e.g. a momentum torch takes but diverges with
         if not self.hparams.scheduler:
             return optimizer
-        scheduler = build_part("scheduler", self.hparams.scheduler, {"optimizer": optimizer})
+        spec = dict(self.hparams.scheduler)
+        interval = spec.pop("interval", "epoch")  # the module's key, not the scheduler's
+        require(interval in ("epoch", "step"), "scheduler.interval", interval, "use epoch or step")
+        cls = part_class("scheduler", spec)
+        if issubclass(cls, ReduceLROnPlateau) and interval != "epoch":
+            raise UserError(
+                f"scheduler.interval={interval!r} is invalid for {cls.__name__}, which watches "
+                "val/loss after each validation: use epoch"
+            )
+        takes = inspect.signature(cls).parameters
+        if "total_steps" in takes and interval != "step":  # e.g. OneCycleLR
+            raise UserError(
+                f"scheduler.interval={interval!r} is invalid for {cls.__name__}, which spreads "
+                "over the fit's optimizer steps: use step"
+            )
+        steps = self.fit_steps(trainer, cls.__name__) if "total_steps" in takes else None
+        context = {"optimizer": optimizer, "total_steps": steps, "max_lr": self.hparams.lr}
+        scheduler = build_part("scheduler", spec, context, SET_BY)
         check_scheduler(scheduler)  # settings torch takes but that fail or misbehave later
-        # Stepped after each epoch; one that reduces on a plateau watches val/loss.
+        # Stepped after each epoch or each optimizer step; one that reduces on a plateau
+        # watches val/loss.
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"},
+            "lr_scheduler": {"scheduler": scheduler, "interval": interval, "monitor": "val/loss"},
         }
+
+    @staticmethod
+    def fit_steps(trainer: L.Trainer | None, name: str) -> int:
+        """The fit's optimizer steps (Lightning's estimate), or a stand-in without a trainer;
+        a UserError if the fit has no known end. name: the scheduler's, for the message."""
+        if trainer is None:
+            return STAND_IN_STEPS
+        total_steps = trainer.estimated_stepping_batches
+        if not 1 <= total_steps < math.inf:  # inf: no limit; -1: an iterable of unknown length
+            raise UserError(
+                f"model.scheduler ({name}) spreads over the fit's optimizer steps, but "
+                f"trainer.max_epochs={trainer.max_epochs} and trainer.max_steps="
+                f"{trainer.max_steps} give no count of them: set trainer.max_steps, or "
+                "trainer.max_epochs with data of a known length"
+            )
+        return int(total_steps)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # A resumed run then logs the same means for its first epoch as an uninterrupted one.
@@ -237,10 +281,10 @@ class VAEModule(L.LightningModule):
 
     def follow_config_schedule(self) -> None:
         """Give a resumed run the optimizer's settings, learning rate and schedule that the
-        config gives at this epoch, as if the run had started with it (so a cosine schedule
-        over more epochs goes on along the longer curve); the optimizer's state, e.g. Adam's
-        moments, stays the checkpoint's. A plateau schedule keeps the reductions it has made,
-        relative to model.lr."""
+        config gives at this epoch (or optimizer step, for a schedule stepped per step), as if
+        the run had started with it (so a cosine schedule over more epochs goes on along the
+        longer curve); the optimizer's state, e.g. Adam's moments, stays the checkpoint's. A
+        plateau schedule keeps the reductions it has made, relative to model.lr."""
         epoch = self.trainer.current_epoch  # the epochs done, after which the schedule stepped
         configured = self.configure_optimizers()
         optimizer, scheduler = (
@@ -248,6 +292,10 @@ class VAEModule(L.LightningModule):
             if isinstance(configured, dict)
             else (configured, None)
         )
+        per_step = isinstance(configured, dict) and configured["lr_scheduler"]["interval"] == "step"
+        # the steps it has taken: one per optimizer step (global_step), or per epoch done
+        steps = min(self.global_step, getattr(scheduler, "total_steps", math.inf))
+        done = steps if per_step else epoch
         resumed = self.trainer.optimizers[0]
         saved = getattr(self, "resumed_hparams", {})
         if isinstance(scheduler, ReduceLROnPlateau):
@@ -262,7 +310,7 @@ class VAEModule(L.LightningModule):
         elif scheduler is not None:
             with warnings.catch_warnings():  # torch warns of a step before optimizer.step()
                 warnings.filterwarnings("ignore", re.escape("Detected call of `lr_scheduler.step"))
-                for _ in range(epoch):
+                for _ in range(done):
                     scheduler.step()
         changes = []
         for group, new in zip(resumed.param_groups, optimizer.param_groups, strict=True):
@@ -273,7 +321,8 @@ class VAEModule(L.LightningModule):
         if scheduler is not None:
             self.trainer.lr_scheduler_configs[0].scheduler.load_state_dict(scheduler.state_dict())
         if changes:
-            rank_zero_info(f"resume: from epoch {epoch}, as the config says: {', '.join(changes)}")
+            at = f"step {self.global_step}" if per_step else f"epoch {epoch}"
+            rank_zero_info(f"resume: from {at}, as the config says: {', '.join(changes)}")
 
     def loss_terms(
         self, x: Tensor, labels: Tensor | None = None, iw_samples: int = 1, weight: float = 1.0

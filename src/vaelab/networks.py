@@ -1,4 +1,4 @@
-"""Plain-torch VAE networks: MLP and convolutional encoders and decoders, optionally
+"""Plain-torch VAE networks: MLP, convolutional and residual encoders and decoders, optionally
 conditioned on a vector c (a one-hot label), and the reparameterization trick.
 
 Each network is built from the image's shape, the latent size and the condition's size,
@@ -159,7 +159,152 @@ class ConvDecoder(nn.Module):
         self.body = nn.Sequential(*layers[:-1])  # no ReLU on the logits
 
     def forward(self, z: Tensor, c: Tensor | None = None) -> Tensor:
-        h = self.project(with_condition(z, c))  # (..., latent [+ C]) -> (..., 64 * 7 * 7)
+        h = self.project(with_condition(z, c))  # (..., latent [+ k]) -> (..., c*h*w)
+        leading = h.shape[:-1]
+        h = self.body(h.reshape(-1, *self.start))  # (N, c, h, w) -> (N, k*C, H, W)
+        return h.reshape(*leading, -1)  # (N, k*C, H, W) -> (..., k*C*H*W): k blocks of C*H*W
+
+
+def resnet_halvings(image_shape: Sequence[int]) -> int:
+    """How often the residual networks halve a (C, H, W) image: while both sides are even and
+    above 4, e.g. 32 -> 4 in 3 halvings, 64 -> 4 in 4, 28 -> 7 in 2, an odd side in none."""
+    height, width = image_shape[-2:]
+    count = 0
+    while height % 2 == 0 and width % 2 == 0 and min(height, width) > 4:
+        height, width, count = height // 2, width // 2, count + 1
+    return count
+
+
+def resnet_widths(channels: int, max_channels: int, levels: int) -> list[int]:
+    """The width at each resolution, from the image's down: doubled per halving up to the cap."""
+    return [min(channels * 2**level, max_channels) for level in range(levels)]
+
+
+def check_resnet(channels: int, max_channels: int, blocks: int) -> None:
+    require(channels >= 1, "channels", channels, "use a positive width, e.g. 32")
+    require(
+        max_channels >= channels,
+        "max_channels",
+        max_channels,
+        f"use at least channels={channels}, e.g. {8 * channels}",
+    )
+    require(blocks >= 0, "blocks", blocks, "use 0 or more residual blocks per resolution, e.g. 1")
+
+
+def group_norm(width: int) -> nn.GroupNorm:
+    """GroupNorm (Wu & He 2018) of up to 32 groups: statistics of each image alone, so that a
+    batch of one, or K draws of z decoded together, give what each would give by itself."""
+    return nn.GroupNorm(math.gcd(width, 32), width)
+
+
+class ResidualBlock(nn.Module):
+    """x + f(x), f = (GroupNorm, SiLU, 3x3 conv) twice: a pre-activation block (He et al. 2016)
+    of the kind NVAE and VDVAE stack, without their squeeze-excitation or bottleneck."""
+
+    def __init__(self, width: int, scale: float = 1.0) -> None:
+        """scale: of the last convolution's initial weights; VDVAE scales them by
+        1/sqrt(depth) so that the sum of many blocks starts small."""
+        super().__init__()
+        self.body = nn.Sequential(
+            group_norm(width),
+            nn.SiLU(),
+            nn.Conv2d(width, width, kernel_size=3, padding=1),
+            group_norm(width),
+            nn.SiLU(),
+            nn.Conv2d(width, width, kernel_size=3, padding=1),
+        )
+        with torch.no_grad():
+            self.body[-1].weight.mul_(scale)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.body(x)  # (N, c, h, w) -> (N, c, h, w)
+
+
+def residual_stage(width: int, blocks: int, depth: int) -> list[nn.Module]:
+    """`blocks` residual blocks of one resolution, in a network of `depth` blocks in all."""
+    return [ResidualBlock(width, 1 / math.sqrt(depth)) for _ in range(blocks)]
+
+
+class ResNetEncoder(nn.Module):
+    """q(z|x) from residual blocks at each resolution, halved by 4x4 stride-2 convolutions
+    while the sides are even and above 4 (`resnet_halvings`), then the two heads."""
+
+    def __init__(
+        self,
+        image_shape: Sequence[int],
+        latent_size: int,
+        condition_size: int = 0,
+        channels: int = 16,
+        max_channels: int = 64,
+        blocks: int = 1,
+    ) -> None:
+        """channels: the width at the image's resolution, doubled per halving up to
+        max_channels. blocks: residual blocks per resolution."""
+        super().__init__()
+        check_resnet(channels, max_channels, blocks)
+        halvings = resnet_halvings(image_shape)
+        widths = resnet_widths(channels, max_channels, halvings + 1)
+        depth = max(1, blocks * len(widths))
+        layers: list[nn.Module] = [nn.Conv2d(image_shape[0], widths[0], kernel_size=3, padding=1)]
+        for level, width in enumerate(widths):
+            layers += residual_stage(width, blocks, depth)
+            if level < halvings:  # (N, c, h, w) -> (N, c', h/2, w/2)
+                layers.append(
+                    nn.Conv2d(width, widths[level + 1], kernel_size=4, stride=2, padding=1)
+                )
+        layers += [group_norm(widths[-1]), nn.SiLU(), nn.Flatten()]
+        self.body = nn.Sequential(*layers)
+        rows, cols = (side // 2**halvings for side in image_shape[-2:])  # the smallest map's
+        features = widths[-1] * rows * cols + condition_size
+        self.mean = nn.Linear(features, latent_size)
+        self.logvar = nn.Linear(features, latent_size)
+
+    def forward(self, x: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        h = with_condition(self.body(x), c)  # (B, C, H, W) -> (B, c, h, w) -> (B, c*h*w [+ k])
+        return self.mean(h), self.logvar(h)
+
+
+class ResNetDecoder(nn.Module):
+    """p(x|z): a linear layer to the smallest feature map, then residual blocks at each
+    resolution, doubled by 4x4 stride-2 transposed convolutions, and a 3x3 convolution to the
+    likelihood's parameters; the encoder's resolutions and widths in reverse."""
+
+    def __init__(
+        self,
+        image_shape: Sequence[int],
+        latent_size: int,
+        condition_size: int = 0,
+        channels: int = 16,
+        max_channels: int = 64,
+        blocks: int = 1,
+        outputs_per_value: int = 1,
+    ) -> None:
+        """channels: the width at the image's resolution, doubled per halving up to
+        max_channels. blocks: residual blocks per resolution.
+        outputs_per_value: the likelihood's parameters per pixel value (set by the VAE)."""
+        super().__init__()
+        check_resnet(channels, max_channels, blocks)
+        halvings = resnet_halvings(image_shape)
+        widths = resnet_widths(channels, max_channels, halvings + 1)
+        depth = max(1, blocks * len(widths))
+        rows, cols = (side // 2**halvings for side in image_shape[-2:])  # the smallest map's
+        self.start = (widths[-1], rows, cols)
+        self.project = nn.Linear(latent_size + condition_size, math.prod(self.start))
+        layers: list[nn.Module] = []
+        for level in reversed(range(len(widths))):
+            layers += residual_stage(widths[level], blocks, depth)
+            if level > 0:  # (N, c, h, w) -> (N, c', 2h, 2w)
+                layers.append(
+                    nn.ConvTranspose2d(
+                        widths[level], widths[level - 1], kernel_size=4, stride=2, padding=1
+                    )
+                )
+        out = image_shape[0] * outputs_per_value
+        layers += [group_norm(widths[0]), nn.SiLU(), nn.Conv2d(widths[0], out, 3, padding=1)]
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, z: Tensor, c: Tensor | None = None) -> Tensor:
+        h = self.project(with_condition(z, c))  # (..., latent [+ k]) -> (..., c*h*w)
         leading = h.shape[:-1]
         h = self.body(h.reshape(-1, *self.start))  # (N, c, h, w) -> (N, k*C, H, W)
         return h.reshape(*leading, -1)  # (N, k*C, H, W) -> (..., k*C*H*W): k blocks of C*H*W

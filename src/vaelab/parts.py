@@ -53,19 +53,21 @@ KNOWN = tuple(sorted({m for role in ROLES.values() for m in role.modules} | {"va
 NESTED = Role(KNOWN, object, "class")
 
 
-def build_part(name: str, spec: Mapping[str, Any], context: Mapping[str, Any]) -> Any:
-    """The part `name` from its spec; a UserError names a bad `_target_`, key or value."""
-    if "_target_" not in spec:
-        raise UserError(f"{name}={dict(spec)!r} has no _target_: give the class to build")
-    target, settings = spec["_target_"], {k: v for k, v in spec.items() if k != "_target_"}
-    module_name, _, class_name = target.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError, ValueError) as err:
-        raise UserError(f"{name}._target_={target!r} cannot be imported ({err})") from None
+def build_part(
+    name: str,
+    spec: Mapping[str, Any],
+    context: Mapping[str, Any],
+    set_by: Mapping[str, str] | None = None,
+) -> Any:
+    """The part `name` from its spec; a UserError names a bad `_target_`, key or value.
+    set_by: where a user sets each of the context's values, if not at model.KEY."""
+    cls = part_class(name, spec)
+    settings = {k: v for k, v in spec.items() if k != "_target_"}
+    class_name = spec["_target_"].rpartition(".")[2]
     accepted = inspect.signature(cls).parameters
-    if clash := sorted(set(settings) & set(context)):
-        raise UserError(f"{name}.{clash[0]} is set by the VAE itself: set model.{clash[0]}")
+    if clash := sorted(set(settings) & set(context) & set(accepted)):
+        where = (set_by or {}).get(clash[0], f"model.{clash[0]}")
+        raise UserError(f"{name}.{clash[0]} is set by the VAE itself: set {where}")
     if unknown := sorted(set(settings) - set(accepted)):
         known = ", ".join(k for k in accepted if k not in context) or "none"
         raise UserError(f"{name}.{unknown[0]} is not a setting of {class_name}: use {known}")
@@ -76,6 +78,18 @@ def build_part(name: str, spec: Mapping[str, Any], context: Mapping[str, Any]) -
         raise UserError(f"{name}.{err}") from None
     except ValueError as err:  # a value the class itself rejects, e.g. torch's optimizers
         raise UserError(f"{name}: {err}") from None
+
+
+def part_class(name: str, spec: Mapping[str, Any]) -> Any:
+    """The class (or callable) that the spec's `_target_` names, imported."""
+    if "_target_" not in spec:
+        raise UserError(f"{name}={dict(spec)!r} has no _target_: give the class to build")
+    target = spec["_target_"]
+    module_name, _, class_name = target.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise UserError(f"{name}._target_={target!r} cannot be imported ({err})") from None
 
 
 def check_optimizer(optimizer: Optimizer, name: str = "optimizer") -> None:

@@ -1,6 +1,8 @@
-"""Learning-rate schedules that torch lacks (a schedule given as stages of epochs), and checks of
-the settings of torch's own, which torch takes without a word."""
+"""Learning-rate schedules that torch lacks (a schedule given as stages of epochs, a warm-up then
+a cosine over optimizer steps), and checks of the settings of torch's own, which torch takes
+without a word."""
 
+import math
 from collections.abc import Sequence
 
 from torch.optim import Optimizer
@@ -49,6 +51,38 @@ class StagedLR(LRScheduler):
 
     def get_lr(self) -> list[float]:
         return [base_lr * self.factor(self.last_epoch) for base_lr in self.base_lrs]
+
+
+class WarmupCosineLR(LRScheduler):
+    """The optimizer's lr reached linearly over `warmup_steps` steps (Goyal et al. 2017), then
+    a cosine from it down to `eta_min` at `total_steps` (Loshchilov & Hutter 2017), held there.
+
+    Stepped once per optimizer step (interval: step); the VAE gives `total_steps`, the fit's
+    optimizer steps. The lr of step t (from 0) is lr * (t + 1) / warmup_steps during the warm-up,
+    then eta_min + (lr - eta_min) * (1 + cos(pi * p)) / 2 with p = (t - warmup_steps) /
+    (total_steps - warmup_steps). Its state is plain numbers.
+    """
+
+    def __init__(
+        self, optimizer: Optimizer, total_steps: int, warmup_steps: int = 0, eta_min: float = 0.0
+    ) -> None:
+        require(total_steps >= 1, "total_steps", total_steps, "use 1 or more optimizer steps")
+        require(warmup_steps >= 0, "warmup_steps", warmup_steps, "use 0 (none) or more steps")
+        require(eta_min >= 0, "eta_min", eta_min, "use a learning rate >= 0, e.g. 0.0")
+        self.total_steps, self.warmup_steps, self.eta_min = total_steps, warmup_steps, eta_min
+        super().__init__(optimizer)
+
+    def lr_at(self, step: int, base_lr: float) -> float:
+        """The lr of optimizer step `step` (counted from 0) for a schedule from `base_lr`."""
+        if step < self.warmup_steps:
+            return base_lr * (step + 1) / self.warmup_steps
+        progress = min(
+            1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
+        )
+        return self.eta_min + (base_lr - self.eta_min) * (1 + math.cos(math.pi * progress)) / 2
+
+    def get_lr(self) -> list[float]:
+        return [self.lr_at(self.last_epoch, base_lr) for base_lr in self.base_lrs]
 
 
 def check_scheduler(scheduler: LRScheduler | ReduceLROnPlateau, name: str = "scheduler") -> None:

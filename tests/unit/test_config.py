@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 from pathlib import Path
 
 import lightning as L
@@ -132,7 +133,7 @@ def test_every_option_builds(
         built = instantiate(cfg.trainer)
         assert isinstance(built, L.Trainer)
     elif group == "callbacks":
-        built = [instantiate(c) for c in cfg.callbacks.values()]
+        built = [instantiate(c) for c in cfg.callbacks.values() if c]  # null: off, as in train
         assert all(isinstance(c, L.Callback) for c in built)
     elif group == "model":  # the data states its classes
         built = instantiate(cfg.model, _convert_="all", num_classes=10)
@@ -326,7 +327,7 @@ def test_every_optimizer_and_scheduler_builds(group: str, option: str, tmp_path:
         assert isinstance(configured, torch.optim.Adam)  # no scheduler
         return
     optimizer = configured if group == "model/optimizer" else configured["optimizer"]
-    assert optimizer.param_groups[0]["lr"] == 0.01
+    assert optimizer.defaults["lr"] == 0.01  # model.lr (a warm-up starts its first step below it)
     built = optimizer if group == "model/optimizer" else configured["lr_scheduler"]["scheduler"]
     node = cfg.model[group.split("/")[1]]
     assert f"{type(built).__module__}.{type(built).__name__}".endswith(
@@ -335,6 +336,22 @@ def test_every_optimizer_and_scheduler_builds(group: str, option: str, tmp_path:
     for key, value in node.items():  # the file's settings reach the object
         if key != "_target_" and group == "model/optimizer":
             assert optimizer.defaults[key] == (tuple(value) if key == "betas" else value)
+
+
+def test_grad_norm_is_off_unless_turned_on_as_its_comment_says(tmp_path: Path) -> None:
+    assert compose_train([], tmp_path).callbacks.grad_norm is None
+    comment = (CONF / "callbacks" / "default.yaml").read_text()
+    value = re.search(r"callbacks\.grad_norm='(\{.*\})'", comment).group(1)
+    cfg = compose_train([f"callbacks.grad_norm={value}"], tmp_path)
+    assert type(instantiate(cfg.callbacks.grad_norm)).__name__ == "GradNorm"
+
+
+def test_the_lr_is_logged_at_the_schedules_interval(tmp_path: Path) -> None:
+    """Each epoch, or every log_every_n_steps steps for a schedule stepped per optimizer step."""
+    for option, interval in (("none", "epoch"), ("step", "epoch"), ("warmup_cosine", "step")):
+        cfg = compose_train([f"model/scheduler={option}"], tmp_path)
+        assert cfg.callbacks.lr_monitor.logging_interval == interval
+        assert (cfg.model.scheduler or {}).get("interval", "epoch") == interval
 
 
 def test_the_latent_size_is_one_key_that_every_part_reads(tmp_path: Path) -> None:

@@ -5,7 +5,16 @@ import torch
 
 from vaelab import UserError
 from vaelab.module import VAEModule
-from vaelab.networks import MLPDecoder, MLPEncoder, reparameterize
+from vaelab.networks import (
+    ConvDecoder,
+    ConvEncoder,
+    MLPDecoder,
+    MLPEncoder,
+    ResNetDecoder,
+    ResNetEncoder,
+    reparameterize,
+    resnet_halvings,
+)
 
 from ..helpers import mlp_vae
 
@@ -16,6 +25,82 @@ def test_shapes() -> None:
     mean, logvar = encoder(torch.rand(3, 1, 28, 28))
     assert mean.shape == logvar.shape == (3, 5)
     assert decoder(reparameterize(mean, logvar)).shape == (3, 784)
+
+
+@pytest.mark.parametrize("side,channels", [(32, [4, 8, 8]), (64, [4, 8])])
+def test_the_conv_parts_take_any_even_side(side: int, channels: list[int]) -> None:
+    shape = (3, side, side)
+    encoder = ConvEncoder(shape, 5, channels=channels)
+    decoder = ConvDecoder(shape, 5, channels=channels[::-1], outputs_per_value=2)
+    mean, logvar = encoder(torch.rand(2, *shape))
+    assert mean.shape == logvar.shape == (2, 5)
+    assert decoder.start == (channels[-1], side // 2 ** len(channels), side // 2 ** len(channels))
+    assert decoder(torch.randn(4, 2, 5)).shape == (4, 2, 2 * 3 * side * side)
+
+
+@pytest.mark.parametrize(
+    "shape,halvings",
+    [((1, 8, 8), 1), ((3, 28, 28), 2), ((3, 32, 32), 3), ((1, 64, 64), 4), ((3, 128, 128), 5)]
+    + [((1, 7, 7), 0), ((1, 4, 4), 0), ((1, 6, 6), 1), ((3, 16, 64), 2)],
+)
+def test_the_resnets_halve_while_the_sides_are_even_and_above_4(
+    shape: tuple[int, int, int], halvings: int
+) -> None:
+    assert resnet_halvings(shape) == halvings
+
+
+TINY_RESNET = {"channels": 2, "max_channels": 4, "blocks": 1}
+
+
+@pytest.mark.parametrize("colours", [1, 3])
+@pytest.mark.parametrize("side", [8, 16, 28, 32, 64])
+def test_resnet_shapes_follow_the_image(side: int, colours: int) -> None:
+    """Encoder and decoder halve and double as often as resnet_halvings says, the decoder takes
+    draws (K, B, latent) and gives outputs_per_value blocks of C*H*W per draw, and each draw
+    decodes as it would alone (GroupNorm keeps images apart)."""
+    shape, halvings = (colours, side, side), resnet_halvings((colours, side, side))
+    encoder = ResNetEncoder(shape, 5, **TINY_RESNET)
+    decoder = ResNetDecoder(shape, 5, **TINY_RESNET, outputs_per_value=3)
+    strided = [m for m in encoder.body if isinstance(m, torch.nn.Conv2d) and m.stride == (2, 2)]
+    upsampling = [m for m in decoder.body if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert len(strided) == len(upsampling) == halvings
+    smallest = side // 2**halvings
+    assert decoder.start == (min(2 * 2**halvings, 4), smallest, smallest)  # doubled, capped
+    mean, logvar = encoder(torch.rand(2, *shape))
+    assert mean.shape == logvar.shape == (2, 5)
+    z = torch.randn(4, 2, 5)  # K = 4 draws for each of B = 2 images
+    outputs = decoder(z)
+    assert outputs.shape == (4, 2, 3 * colours * side * side)
+    torch.testing.assert_close(outputs[1, 0], decoder(z[1, 0]), rtol=1e-4, atol=1e-5)
+    # k blocks of C*H*W: the last convolution's channels j*C to (j+1)*C, in order
+    maps = decoder.body(decoder.project(z[0]).reshape(-1, *decoder.start))  # (2, 3*C, H, W)
+    blocks = outputs[0].reshape(2, 3, colours, side, side)
+    torch.testing.assert_close(blocks, maps.reshape(2, 3, colours, side, side))
+
+
+def test_conditional_resnets_read_the_condition() -> None:
+    shape = (3, 16, 16)
+    encoder = ResNetEncoder(shape, 5, condition_size=10, **TINY_RESNET)
+    decoder = ResNetDecoder(shape, 5, condition_size=10, **TINY_RESNET)
+    x, z = torch.rand(2, *shape), torch.randn(4, 2, 5)
+    one, other = torch.eye(10)[[1, 2]], torch.eye(10)[[3, 3]]
+    assert encoder(x, one)[0].shape == (2, 5) and decoder(z, one).shape == (4, 2, 3 * 16 * 16)
+    assert not torch.allclose(encoder(x, one)[0], encoder(x, other)[0])
+    assert not torch.allclose(decoder(z, one), decoder(z, other))
+
+
+@pytest.mark.parametrize(
+    "settings,message",
+    [
+        ({"channels": 0}, "channels=0 is invalid: use a positive width"),
+        ({"channels": 32, "max_channels": 16}, "max_channels=16 is invalid: use at least"),
+        ({"blocks": -1}, "blocks=-1 is invalid: use 0 or more"),
+    ],
+)
+def test_a_bad_resnet_setting_is_named(settings: dict, message: str) -> None:
+    for network in (ResNetEncoder, ResNetDecoder):
+        with pytest.raises(UserError, match=message):
+            network((1, 8, 8), 2, **settings)
 
 
 def test_reparameterize_has_the_right_moments() -> None:
