@@ -22,19 +22,25 @@ from .warm import WarmPython
 # (--dist loadfile, and --no-loadscope-reorder keeps this order instead of sorting files by
 # their number of tests), so both workers end on short files and finish together.
 SLOWEST_FILES = (  # paths under tests/
-    "e2e/test_resume.py",
-    "e2e/test_reliability.py",
-    "e2e/test_benchmark.py",
-    "unit/test_parts.py",
-    "e2e/test_sweeps.py",
-    "e2e/test_variants.py",
-    "e2e/test_scripts.py",
-    "e2e/test_safe_loading.py",
-    "e2e/test_saving.py",
-    "e2e/test_more_bad_inputs.py",
-    "unit/test_config.py",
-    "e2e/test_train.py",
     "e2e/test_bad_inputs.py",
+    "e2e/test_scripts.py",
+    "e2e/test_resume.py",
+    "e2e/test_safe_loading.py",
+    "e2e/test_train.py",
+    "unit/test_parts.py",
+    "e2e/test_reliability.py",
+    "unit/test_config.py",
+    "e2e/test_saving.py",
+    "e2e/test_sweeps.py",
+    "e2e/test_more_bad_inputs.py",
+    "unit/test_loggers.py",
+    "e2e/test_variants.py",
+    "e2e/test_benchmark.py",
+    "unit/test_train_debug.py",
+    "unit/test_likelihoods.py",
+    "e2e/test_readme.py",
+    "unit/test_networks.py",
+    "unit/test_train_presets.py",
 )
 
 
