@@ -278,9 +278,7 @@ def run(variant: str, args: argparse.Namespace, work: Path) -> dict:
             str(result_file),
         ]
     started, start = time.time(), time.perf_counter()
-    with open(work / f"{variant}.log", "w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-        _, status, usage = os.wait4(process.pid, 0)
+    status, peak_mib = launch(command, work / f"{variant}.log")
     wall = time.perf_counter() - start
     if status != 0:
         sys.exit(f"{variant} failed; its output is in {work / f'{variant}.log'}")
@@ -292,7 +290,16 @@ def run(variant: str, args: argparse.Namespace, work: Path) -> dict:
         skip = 0 if variant in PROJECT_VARIANTS else 1  # see summarize
         epoch = statistics.median(result["epoch_seconds"][skip:])
         result["startup_seconds"] = result.pop("first_epoch_end") - started - epoch
-    return {**result, "wall": wall, "peak_rss_mib": usage.ru_maxrss / 1024}
+    return {**result, "wall": wall, "peak_rss_mib": peak_mib}
+
+
+def launch(command: list[str], log_path: Path) -> tuple[int, float]:
+    """Run COMMAND in a fresh process in the checkout, its output into LOG_PATH; return its
+    wait status and peak resident memory in MiB."""
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        _, status, usage = os.wait4(process.pid, 0)
+    return status, usage.ru_maxrss / 1024
 
 
 def _read_project_run(run_dir: Path) -> dict:
