@@ -78,6 +78,8 @@ PRESETS_TRAINED = [
     "vampprior2018",
     "vampprior2018_standard",
     "cpu_hour",
+    "cifar10_vae",
+    "celeba64_vae",
 ]
 
 

@@ -174,6 +174,8 @@ def test_each_papers_preset_trains_the_papers_model(
         ("vampprior2018", {"trainer.max_epochs": 2000, "model.prior.num_components": 500}),
         ("vampprior2018_standard", {"trainer.max_epochs": 2000}),
         ("cpu_hour", {"model.prior.num_components": 500, "model.scheduler.eta_min": 0.0}),
+        ("cifar10_vae", {"trainer.max_epochs": 200, "model.encoder.channels": 64}),
+        ("celeba64_vae", {"trainer.max_epochs": 50, "model.encoder.channels": 32}),
     ],
 )
 def test_the_presets_run_as_long_and_as_large_as_stated(
@@ -225,3 +227,58 @@ def test_the_cpu_hour_preset_trains_its_model(tiny_mnist: Path, tmp_path: Path) 
     logged = [event.value for event in events.Scalars("lr-Adam")]
     assert logged == pytest.approx([1e-3, 5e-4])  # cosine over the 2 epochs of this run
     assert events.Tags()["images"] == [] and "val/active_units" in events.Tags()["scalars"]
+
+
+# The natural-image presets at a hundredth of their widths, on their sets' tiny files.
+NARROW = [
+    *(
+        f"model.{net}.{key}={width}"
+        for net in ("encoder", "decoder")
+        for key, width in (("channels", 4), ("max_channels", 8), ("blocks", 1))
+    ),
+    "model.latent_size=4",
+    "trainer.max_epochs=2",
+    "data.batch_size=8",
+    "data.eval_batch_size=8",
+    "callbacks.progress_bar.refresh_rate=0",
+    "callbacks.images=null",
+]
+
+
+def test_the_cifar10_preset_trains_vdvaes_settings(tiny_cifar10: Path, tmp_path: Path) -> None:
+    """A ResNet VAE with 10 discretized logistics, AdamW (0.9, 0.9) warmed up per step towards
+    2e-4, gradients clipped at 200 and their norm logged, on CIFAR-10's 32 x 32 RGB images."""
+    cfg = compose_train(
+        ["experiment=cifar10_vae", f"data.data_dir={tiny_cifar10}", "data.val_size=8", *NARROW],
+        tmp_path,
+    )
+    assert cfg.trainer.gradient_clip_val == 200.0
+    assert train(cfg) > 0
+    model, checkpoint = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert model.hparams.image_shape == [3, 32, 32]
+    assert type(model.encoder).__name__ == "ResNetEncoder"
+    assert type(model.likelihood).__name__ == "DiscretizedLogistic"
+    assert model.likelihood.num_mixtures == 10
+    steps = checkpoint["global_step"]  # 2 epochs of 4 batches of the 32 training images
+    assert steps == 8 and checkpoint["lr_schedulers"][0]["last_epoch"] == steps
+    adamw = checkpoint["optimizer_states"][0]["param_groups"][0]
+    assert adamw["betas"] == (0.9, 0.9) and adamw["weight_decay"] == 0.01
+    # Still warming up, per step: the lr of the next step, t = 8 from 0, is 2e-4 * (t + 1) / 100.
+    assert adamw["lr"] == pytest.approx(2e-4 * (steps + 1) / 100)
+    assert len(read_events(tmp_path).Scalars("train/grad_norm")) == 2
+
+
+def test_the_celeba_preset_trains_on_64_pixel_faces(tiny_celeba: Path, tmp_path: Path) -> None:
+    """The crop of 148 resized to 64 x 64, a ResNet of four halvings, the sigma-VAE's Gaussian,
+    and the lr times 0.95 after each epoch."""
+    cfg = compose_train(
+        ["experiment=celeba64_vae", f"data.data_dir={tiny_celeba}", "data.num_workers=0", *NARROW],
+        tmp_path,
+    )
+    assert train(cfg) > 0
+    model, checkpoint = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert model.hparams.image_shape == [3, 64, 64]
+    assert type(model.decoder).__name__ == "ResNetDecoder"
+    assert (type(model.likelihood).__name__, model.likelihood.variance) == ("Gaussian", "optimal")
+    adam = checkpoint["optimizer_states"][0]["param_groups"][0]
+    assert adam["lr"] == pytest.approx(1e-3 * 0.95**2)
