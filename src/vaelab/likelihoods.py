@@ -93,31 +93,81 @@ class Gaussian(nn.Module):
 
 class DiscretizedLogistic(nn.Module):
     """A mixture of `num_mixtures` discretized logistics per pixel value for 8-bit images
-    (Salimans et al. 2017), as in IAF-VAE, NVAE and VDVAE. Unlike PixelCNN++, whose RGB means
-    depend on the channels before, each channel is its own mixture given z: the decoder
-    models the channels jointly, the likelihood not. Takes 3 k decoder outputs per value:
-    mixture logits, means, log scales (kept above -7)."""
+    (Salimans et al. 2017), as in IAF-VAE, NVAE and VDVAE. Takes 3 k decoder outputs per
+    value: mixture logits, means, log scales (kept above -7).
 
-    def __init__(self, num_mixtures: int = 5) -> None:
+    With `coupled_channels` (images of 2 or 3 channels), as in PixelCNN++, a pixel's green
+    mean moves with its red value and its blue mean with its red and green values, by
+    coefficients in [-1, 1] that the decoder gives too (a 4th k outputs per value: the
+    pixel's three values' slots hold the green-on-red, blue-on-red and blue-on-green ones);
+    then p(x|z) = p(r|z) p(g|r, z) p(b|r, g, z), each a mixture of its own (PixelCNN++ and
+    VDVAE draw one component for a pixel's three values; here each value has its own
+    weights). Without it each channel is independent given z: the decoder models the
+    channels jointly, the likelihood not.
+    """
+
+    def __init__(
+        self,
+        num_mixtures: int = 5,
+        coupled_channels: bool = False,
+        image_shape: Sequence[int] | None = None,
+    ) -> None:
+        """image_shape: (C, H, W), given by the VAE; needed with coupled_channels."""
         super().__init__()
         ok = isinstance(num_mixtures, int) and num_mixtures >= 1
         require(ok, "num_mixtures", num_mixtures, "use a positive integer, e.g. 5")
+        channels = image_shape[0] if image_shape is not None else 1
+        fits = not coupled_channels or (image_shape is not None and channels <= 3)
+        why = f"images of {channels} channels; it couples 2 or 3 (RGB): use false"
+        require(fits, "coupled_channels", coupled_channels, why)
         self.num_mixtures = num_mixtures
-        self.outputs_per_value = 3 * num_mixtures
+        self.coupled = bool(coupled_channels) and channels > 1  # one channel: nothing to couple
+        self.channels = channels
+        self.outputs_per_value = (4 if self.coupled else 3) * num_mixtures
 
-    def split(self, logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """The decoder's (..., 3 k D) outputs, k blocks of D each, as three (..., D, k)."""
+    def split(self, logits: Tensor) -> tuple[Tensor, ...]:
+        """The decoder's (..., n k D) outputs, n blocks of k blocks of D each, as n (..., D, k):
+        mixture logits, means, log scales (and with coupling, tanh of the coefficients)."""
         k = self.num_mixtures
-        params = logits.float().unflatten(-1, (3 * k, -1)).movedim(-2, -1)  # (..., D, 3k)
-        weights, means, log_scales = params.split(k, dim=-1)
-        return weights, means, log_scales.clamp(min=-7.0)
+        params = logits.float().unflatten(-1, (self.outputs_per_value, -1)).movedim(-2, -1)
+        weights, means, log_scales, *coefficients = params.split(k, dim=-1)  # (..., D, k) each
+        return weights, means, log_scales.clamp(min=-7.0), *map(torch.tanh, coefficients)
+
+    def _coupled(self, means: Tensor, coefficients: Tensor, x: Tensor) -> Tensor:
+        """The means (..., D, k) with green moved by c_rg red and blue by c_rb red + c_gb green,
+        given the values x (B, C, H, W) or (B, D), scaled to [-1, 1] as the means are."""
+        C = self.channels
+        v = (2 * x.reshape(len(x), C, -1) - 1).unsqueeze(-1)  # (B, C, H*W, 1)
+        m = means.unflatten(-2, (C, -1))  # (..., B, C, H*W, k)
+        c = coefficients.unflatten(-2, (C, -1))  # slots 0, 1, 2: rg, rb, gb
+        moved = [m[..., 0, :, :], m[..., 1, :, :] + c[..., 0, :, :] * v[:, 0]]
+        if C == 3:
+            moved.append(m[..., 2, :, :] + c[..., 1, :, :] * v[:, 0] + c[..., 2, :, :] * v[:, 1])
+        return torch.stack(moved, dim=-3).flatten(-3, -2)  # (..., B, D, k)
 
     def nll(self, logits: Tensor, x: Tensor) -> Tensor:
-        """-log P(x|z) of the 8-bit pixels: logits (..., B, 3 k D), x (B, ...) -> (..., B)."""
-        return -discretized_logistic_log_prob(*self.split(logits), x).sum(-1)
+        """-log P(x|z) of the 8-bit pixels: logits (..., B, n k D), x (B, ...) -> (..., B)."""
+        weights, means, log_scales, *coefficients = self.split(logits)
+        if self.coupled:
+            means = self._coupled(means, coefficients[0], x)
+        return -discretized_logistic_log_prob(weights, means, log_scales, x).sum(-1)
 
     def mean(self, logits: Tensor) -> Tensor:
-        """The pixels' expected values in [0, 1] (the mixture's mean, clamped): (..., D)."""
-        weights, means, _ = self.split(logits)
-        mean = (torch.softmax(weights, dim=-1) * means).sum(-1)
-        return ((mean + 1) / 2).clamp(0, 1)
+        """The pixels' expected values in [0, 1] (the mixture's mean, clamped): (..., D). With
+        coupling, a channel's mean follows from the means of the channels before it."""
+        weights, means, _, *coefficients = self.split(logits)
+        probabilities = torch.softmax(weights, dim=-1)
+        if not self.coupled:
+            return (((probabilities * means).sum(-1) + 1) / 2).clamp(0, 1)
+        p, m = (
+            probabilities.unflatten(-2, (self.channels, -1)),
+            means.unflatten(-2, (self.channels, -1)),
+        )
+        c = coefficients[0].unflatten(-2, (self.channels, -1))  # (..., C, H*W, k)
+        red = (p[..., 0, :, :] * m[..., 0, :, :]).sum(-1)  # in [-1, 1] (before the clamp)
+        green = (p[..., 1, :, :] * (m[..., 1, :, :] + c[..., 0, :, :] * red.unsqueeze(-1))).sum(-1)
+        expected = [red, green]
+        if self.channels == 3:
+            shift = c[..., 1, :, :] * red.unsqueeze(-1) + c[..., 2, :, :] * green.unsqueeze(-1)
+            expected.append((p[..., 2, :, :] * (m[..., 2, :, :] + shift)).sum(-1))
+        return ((torch.stack(expected, dim=-2).flatten(-2) + 1) / 2).clamp(0, 1)

@@ -293,6 +293,85 @@ def test_a_decoder_that_cannot_give_more_outputs_is_refused() -> None:
         VAEModule(decoder={"_target_": "tests.helpers.OneOutputDecoder"}, likelihood=LOGISTIC)
 
 
+def coupled_logits(k: int, channels: int, pixels: int, generator: torch.Generator) -> torch.Tensor:
+    """Random decoder outputs for a coupled mixture: 4 k blocks of D = channels * pixels."""
+    logits = torch.randn(1, 4 * k * channels * pixels, generator=generator)
+    return (
+        logits.view(1, 4, k, channels * pixels)
+        .mul(torch.tensor([1.0, 0.5, 1.0, 2.0]).view(1, 4, 1, 1))
+        .flatten(1)
+    )
+
+
+def test_coupled_channels_normalize_jointly_over_every_pair_of_values() -> None:
+    """Two channels of one pixel: the 65,536 probabilities of (first, second) sum to 1."""
+    likelihood = DiscretizedLogistic(num_mixtures=2, coupled_channels=True, image_shape=(2, 1, 1))
+    logits = coupled_logits(2, 2, 1, torch.Generator().manual_seed(0))
+    logits[:, 4:8] = -2.5  # log scales: peaked enough that coupling moves mass a lot
+    values = torch.cartesian_prod(torch.arange(256), torch.arange(256)).float() / 255
+    log_p = -likelihood.nll(logits.expand(len(values), -1), values.view(-1, 2, 1, 1))
+    assert log_p.exp().sum().item() == pytest.approx(1.0, abs=1e-4)
+
+
+def test_coupled_means_move_with_the_channels_before() -> None:
+    """p(r) p(g|r) p(b|r,g): each a mixture whose means are shifted by tanh(coefficient) times
+    the values before, the red slot's coefficient on green, the green and blue slots' on blue."""
+    k, generator = 2, torch.Generator().manual_seed(1)
+    coupled = DiscretizedLogistic(num_mixtures=k, coupled_channels=True, image_shape=(3, 1, 1))
+    independent = DiscretizedLogistic(num_mixtures=k)
+    assert (coupled.outputs_per_value, independent.outputs_per_value) == (4 * k, 3 * k)
+    logits = coupled_logits(k, 3, 1, generator)
+    x = torch.tensor([40.0, 200.0, 90.0]).view(1, 3, 1, 1) / 255
+    v = 2 * x.flatten() - 1
+    blocks = logits.view(4, k, 3)  # (weights, means, log scales, coefficients), k, channel
+    c = torch.tanh(blocks[3])  # (k, 3): slots rg, rb, gb
+    shifted = blocks[:3].clone()
+    shifted[1, :, 1] += c[:, 0] * v[0]
+    shifted[1, :, 2] += c[:, 1] * v[0] + c[:, 2] * v[1]
+    expected = independent.nll(shifted.flatten().view(1, -1), x)
+    assert coupled.nll(logits, x).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert coupled.nll(logits, x).item() != pytest.approx(
+        independent.nll(blocks[:3].flatten().view(1, -1), x).item(), rel=1e-3
+    )
+    # Its mean: with one component, green's is its own plus the coefficient times red's.
+    one = DiscretizedLogistic(num_mixtures=1, coupled_channels=True, image_shape=(3, 1, 1))
+    logits = torch.tensor([[0.0, 0, 0, 0.2, -0.4, 0.1, -3, -3, -3, 1.0, 0.5, -0.5]])
+    r, g = 0.2, -0.4 + math.tanh(1.0) * 0.2
+    b = 0.1 + math.tanh(0.5) * r + math.tanh(-0.5) * g
+    assert one.mean(logits)[0].tolist() == pytest.approx([(r + 1) / 2, (g + 1) / 2, (b + 1) / 2])
+
+
+def test_coupling_takes_two_or_three_channels() -> None:
+    assert (
+        DiscretizedLogistic(3, coupled_channels=True, image_shape=(1, 8, 8)).outputs_per_value == 9
+    )
+    with pytest.raises(UserError, match="coupled_channels=True is invalid: images of 4 channels"):
+        DiscretizedLogistic(3, coupled_channels=True, image_shape=(4, 8, 8))
+
+
+@pytest.mark.parametrize("network", ["mlp", "resnet"])
+def test_a_decoder_gives_a_coupled_likelihood_its_coefficients(network: str) -> None:
+    shape, k = (3, 8, 8), 2
+    parts = {"mlp": {"hidden_sizes": [8]}, "resnet": {"channels": 4, "max_channels": 8}}[network]
+    name = {"mlp": "MLP", "resnet": "ResNet"}[network]
+    coupled = {**LOGISTIC, "coupled_channels": True}
+    model = VAEModule(
+        encoder={"_target_": f"vaelab.networks.{name}Encoder", **parts},
+        decoder={"_target_": f"vaelab.networks.{name}Decoder", **parts},
+        likelihood=coupled,
+        latent_size=2,
+        image_shape=shape,
+    )
+    z = torch.randn(5, 2)
+    assert model.decoder(z).shape == (5, 4 * k * math.prod(shape))
+    assert model.decode(z).shape == (5, *shape)
+    x = torch.randint(0, 256, (5, *shape)) / 255
+    recon = model.loss_terms(x).recon
+    assert recon.shape == (5,) and recon.isfinite().all()
+    log_px = model.log_likelihood(x, 3, chunk_size=2, generator=torch.Generator().manual_seed(0))
+    assert log_px.shape == (5,) and log_px.isfinite().all()
+
+
 @pytest.mark.parametrize("count", [0, -1, 2.5])
 def test_bad_numbers_of_components_are_named(count: object) -> None:
     with pytest.raises(UserError, match=f"num_mixtures={count!r} is invalid"):

@@ -258,7 +258,7 @@ def test_the_cifar10_preset_trains_vdvaes_settings(tiny_cifar10: Path, tmp_path:
     assert model.hparams.image_shape == [3, 32, 32]
     assert type(model.encoder).__name__ == "ResNetEncoder"
     assert type(model.likelihood).__name__ == "DiscretizedLogistic"
-    assert model.likelihood.num_mixtures == 10
+    assert model.likelihood.num_mixtures == 10 and model.likelihood.coupled
     steps = checkpoint["global_step"]  # 2 epochs of 4 batches of the 32 training images
     assert steps == 8 and checkpoint["lr_schedulers"][0]["last_epoch"] == steps
     adamw = checkpoint["optimizer_states"][0]["param_groups"][0]
