@@ -1,5 +1,6 @@
-"""End to end on an image folder read by a DataLoader: killed mid-epoch and resumed, the run
-ends as an uninterrupted one; then evaluate.py and visualize.py on its checkpoint."""
+"""End to end on an image folder read by a DataLoader, with the ResNet parts and the discretized
+logistic: killed mid-epoch and resumed, the run ends as an uninterrupted one; then evaluate.py
+and visualize.py on its checkpoint."""
 
 from pathlib import Path
 
@@ -21,8 +22,13 @@ RUN = [
     "data.num_workers=0",
     "model/likelihood=discretized_logistic",
     "model.likelihood.num_mixtures=2",
-    "model.encoder.hidden_sizes=[16]",
-    "model.decoder.hidden_sizes=[16]",
+    "model/encoder=resnet",
+    "model/decoder=resnet",
+    *(
+        f"model.{net}.{key}=4"
+        for net in ("encoder", "decoder")
+        for key in ("channels", "max_channels")
+    ),
     "model.latent_size=2",
     "trainer.max_epochs=2",
     "trainer.deterministic=true",
