@@ -104,7 +104,22 @@ class MLPDecoder(nn.Module):
         return self.logits(self.body(with_condition(z, c)))  # (..., latent) -> (..., k*C*H*W)
 
 
-class ConvEncoder(nn.Module):
+class FeatureEncoder(nn.Module):
+    """q(z|x) from a body that maps images to flat features, then a mean and a log-variance
+    head: the convolutional encoders' shared end."""
+
+    body: nn.Module
+
+    def heads(self, features: int, latent_size: int) -> None:
+        self.mean = nn.Linear(features, latent_size)
+        self.logvar = nn.Linear(features, latent_size)
+
+    def forward(self, x: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        h = with_condition(self.body(x), c)  # (B, C, H, W) -> (B, c, h, w) -> (B, c*h*w [+ k])
+        return self.mean(h), self.logvar(h)
+
+
+class ConvEncoder(FeatureEncoder):
     """q(z|x) from strided convolutions (each halves the image), then the two heads."""
 
     def __init__(
@@ -121,13 +136,7 @@ class ConvEncoder(nn.Module):
             layers += [nn.Conv2d(c_in, c_out, kernel_size=4, stride=2, padding=1), nn.ReLU()]
         self.body = nn.Sequential(*layers, nn.Flatten())
         side = image_shape[-1] // 2 ** len(channels)
-        features = channels[-1] * side * side + condition_size
-        self.mean = nn.Linear(features, latent_size)
-        self.logvar = nn.Linear(features, latent_size)
-
-    def forward(self, x: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        h = with_condition(self.body(x), c)  # (B, C, H, W) -> (B, c, h, w) -> (B, c*h*w [+ k])
-        return self.mean(h), self.logvar(h)
+        self.heads(channels[-1] * side * side + condition_size, latent_size)
 
 
 class ConvDecoder(nn.Module):
@@ -191,6 +200,18 @@ def check_resnet(channels: int, max_channels: int, blocks: int) -> None:
     require(blocks >= 0, "blocks", blocks, "use 0 or more residual blocks per resolution, e.g. 1")
 
 
+def resnet_plan(
+    image_shape: Sequence[int], channels: int, max_channels: int, blocks: int
+) -> tuple[int, list[int], int, tuple[int, int]]:
+    """A ResNet's halvings, its width at each resolution, its depth in blocks (which scales
+    the blocks' last weights) and the smallest feature map's (rows, cols)."""
+    check_resnet(channels, max_channels, blocks)
+    halvings = resnet_halvings(image_shape)
+    widths = resnet_widths(channels, max_channels, halvings + 1)
+    rows, cols = (side // 2**halvings for side in image_shape[-2:])
+    return halvings, widths, max(1, blocks * len(widths)), (rows, cols)
+
+
 def group_norm(width: int) -> nn.GroupNorm:
     """GroupNorm (Wu & He 2018) of up to 32 groups: statistics of each image alone, so that a
     batch of one, or K draws of z decoded together, give what each would give by itself."""
@@ -225,7 +246,7 @@ def residual_stage(width: int, blocks: int, depth: int) -> list[nn.Module]:
     return [ResidualBlock(width, 1 / math.sqrt(depth)) for _ in range(blocks)]
 
 
-class ResNetEncoder(nn.Module):
+class ResNetEncoder(FeatureEncoder):
     """q(z|x) from residual blocks at each resolution, halved by 4x4 stride-2 convolutions
     while the sides are even and above 4 (`resnet_halvings`), then the two heads."""
 
@@ -241,10 +262,9 @@ class ResNetEncoder(nn.Module):
         """channels: the width at the image's resolution, doubled per halving up to
         max_channels. blocks: residual blocks per resolution."""
         super().__init__()
-        check_resnet(channels, max_channels, blocks)
-        halvings = resnet_halvings(image_shape)
-        widths = resnet_widths(channels, max_channels, halvings + 1)
-        depth = max(1, blocks * len(widths))
+        halvings, widths, depth, (rows, cols) = resnet_plan(
+            image_shape, channels, max_channels, blocks
+        )
         layers: list[nn.Module] = [nn.Conv2d(image_shape[0], widths[0], kernel_size=3, padding=1)]
         for level, width in enumerate(widths):
             layers += residual_stage(width, blocks, depth)
@@ -254,14 +274,7 @@ class ResNetEncoder(nn.Module):
                 )
         layers += [group_norm(widths[-1]), nn.SiLU(), nn.Flatten()]
         self.body = nn.Sequential(*layers)
-        rows, cols = (side // 2**halvings for side in image_shape[-2:])  # the smallest map's
-        features = widths[-1] * rows * cols + condition_size
-        self.mean = nn.Linear(features, latent_size)
-        self.logvar = nn.Linear(features, latent_size)
-
-    def forward(self, x: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        h = with_condition(self.body(x), c)  # (B, C, H, W) -> (B, c, h, w) -> (B, c*h*w [+ k])
-        return self.mean(h), self.logvar(h)
+        self.heads(widths[-1] * rows * cols + condition_size, latent_size)
 
 
 class ResNetDecoder(nn.Module):
@@ -283,11 +296,7 @@ class ResNetDecoder(nn.Module):
         max_channels. blocks: residual blocks per resolution.
         outputs_per_value: the likelihood's parameters per pixel value (set by the VAE)."""
         super().__init__()
-        check_resnet(channels, max_channels, blocks)
-        halvings = resnet_halvings(image_shape)
-        widths = resnet_widths(channels, max_channels, halvings + 1)
-        depth = max(1, blocks * len(widths))
-        rows, cols = (side // 2**halvings for side in image_shape[-2:])  # the smallest map's
+        _, widths, depth, (rows, cols) = resnet_plan(image_shape, channels, max_channels, blocks)
         self.start = (widths[-1], rows, cols)
         self.project = nn.Linear(latent_size + condition_size, math.prod(self.start))
         layers: list[nn.Module] = []
