@@ -99,7 +99,11 @@ def check_scheduler(scheduler: LRScheduler | ReduceLROnPlateau, name: str = "sch
     if isinstance(scheduler, StepLR | ExponentialLR):
         check(scheduler.gamma > 0, "gamma", "use a factor > 0, e.g. 0.5")
     if isinstance(scheduler, CosineAnnealingLR):
-        check(scheduler.T_max >= 1, "T_max", "use 1 or more epochs (set it when max_epochs=-1)")
+        check(
+            scheduler.T_max >= 1,
+            "T_max",
+            "use 1 or more epochs, or steps with interval: step (set it when max_epochs=-1)",
+        )
         check(scheduler.eta_min >= 0, "eta_min", "use 0 or more")
     if isinstance(scheduler, ReduceLROnPlateau):
         check(scheduler.mode == "min", "mode", "use min: val/loss is minimized")
