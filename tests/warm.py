@@ -10,6 +10,7 @@ an uncaught exception). The server answers the child's pid, then its exit status
 subprocess reports it (-N for a signal). `WarmPython.run` is the client's side.
 """
 
+import gc
 import json
 import logging
 import os
@@ -47,6 +48,10 @@ def serve() -> None:
         __import__(name)
     root.removeHandler(placeholder)
     IMPORT_ENV.update({k: v for k, v in os.environ.items() if before.get(k) != v})
+    # The imported objects out of the garbage collector's sight: a child's full collection
+    # would otherwise touch each of them and copy every page of the heap it shares.
+    gc.collect()
+    gc.freeze()
     requests, replies = sys.stdin, sys.stdout
     for line in requests:
         request = json.loads(line)
