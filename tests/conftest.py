@@ -1,6 +1,7 @@
 """Shared fixtures: tiny MNIST-format, tensor, image-folder, CIFAR-10 and CelebA files, so tests
 run the real loading code."""
 
+import gc
 import json
 import os
 import pickle
@@ -342,3 +343,10 @@ def uninterrupted(tiny_mnist: Path, tmp_path_factory: pytest.TempPathFactory) ->
 def exploding_at(step: int) -> list[str]:
     """Overrides under which the training loss is NaN from training step `step` on."""
     return ["model._target_=tests.helpers.ExplodingVAE", f"+model.explode_at_step={step}"]
+
+
+def pytest_collection_finish() -> None:
+    # What the test modules imported, out of the garbage collector's sight (as in warm.py):
+    # the full collections during in-process training then skip torch's and Lightning's heap.
+    gc.collect()
+    gc.freeze()
