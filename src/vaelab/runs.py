@@ -59,8 +59,11 @@ def claim_folder(cfg: DictConfig) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         lock = open(folder / LOCK_FILE, "a+")  # noqa: SIM115 (held open while the run lasts)
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            # A POSIX record lock belongs to this process alone: DataLoader workers forked
+            # from it do not hold it, so a resume right after a SIGKILL is not refused while
+            # they wind down (flock's lock would be theirs too).
+            fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # EAGAIN or EACCES: another process holds it
             lock.seek(0)
             holder = lock.read().strip() or "unknown"
             lock.close()
