@@ -78,6 +78,14 @@ def check_val_size(val_size: int, split_size: int, split_name: str) -> None:
     require(0 < val_size < split_size, "val_size", val_size, accepted)
 
 
+def hold_out_test(count: int, test_size: int, source: Path) -> tuple[Tensor, Tensor]:
+    """The indices of test_size test images held out of `source`'s count by the fixed seed,
+    and of the rest; a UserError unless some images are left."""
+    accepted = f"use 0 < test_size < {count}, the number of images in {source}"
+    require(0 < test_size < count, "test_size", test_size, accepted)
+    return split_off(count, test_size)
+
+
 class InMemoryDataModule(ImageDataModule):
     """Images held in memory as one tensor per split, with a validation split held out by a
     fixed seed: on a GPU the whole set lives in its memory, and batches are sliced there.
@@ -247,8 +255,7 @@ class TensorDataModule(InMemoryDataModule):
         except UserError as err:
             raise UserError(f"path: {err}") from None
         n = len(images)
-        accepted = f"use 0 < test_size < {n}, the number of images in {self.file}"
-        require(0 < test_size < n, "test_size", test_size, accepted)
+        test, rest = hold_out_test(n, test_size, self.file)
         held_in = f"{self.file} less its test_size={test_size} test images"
         super().__init__(
             batch_size, eval_batch_size, val_size, seed, binarize, n - test_size, held_in
@@ -258,7 +265,6 @@ class TensorDataModule(InMemoryDataModule):
         self.num_classes = 0 if labels is None else int(labels.max()) + 1
         self.save_hyperparameters()
         labels = torch.full((n,), -1) if labels is None else labels
-        test, rest = split_off(n, test_size)
         self._split_from, self._test = (images[rest], labels[rest]), (images[test], labels[test])
 
     def _read(self) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
@@ -456,12 +462,10 @@ class ImageFolderDataModule(FileDataModule):
         if not (train_dir.is_dir() and test_dir.is_dir()):
             files, labels, classes = labelled_files(self.folder)
             n = len(files)
-            accepted = f"use 0 < test_size < {n}, the number of images in {self.folder}"
-            require(0 < test_size < n, "test_size", test_size, accepted)
+            test, rest = hold_out_test(n, test_size, self.folder)
             check_val_size(
                 val_size, n - test_size, f"{self.folder} less its {test_size} test images"
             )
-            test, rest = split_off(n, test_size)
             held_in = ([files[i] for i in rest], [labels[i] for i in rest])
             return held_in, [files[i] for i in test], [labels[i] for i in test], classes
         files, labels, classes = labelled_files(train_dir)
