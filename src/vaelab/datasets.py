@@ -367,7 +367,8 @@ class ImageFiles(Dataset):
         try:
             with Image.open(path) as image:
                 pixels = self.transform(image.convert(self.mode))  # uint8 (C, H, W)
-        except (OSError, ValueError, SyntaxError) as err:  # PIL's errors for bad files
+        # PIL's errors for bad files, and for an image so large it could be a decompression bomb
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
             raise UserError(
                 f"{path} cannot be read as an image ({err}); remove or replace that file"
             ) from None

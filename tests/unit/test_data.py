@@ -249,3 +249,17 @@ def test_celeba_from_its_partition_file(tiny_celeba: Path, tmp_path: Path) -> No
         message = str(error.value)
         assert message.startswith(f"data_dir: CelebA: {missing}") and "\n" not in message
         assert "<data_dir>/celeba/img_align_celeba/*.jpg" in message
+
+
+def test_an_image_too_large_to_open_safely_is_named(
+    tiny_images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Beyond twice PIL's MAX_IMAGE_PIXELS a file could be a decompression bomb: named in one
+    line, not a traceback (here the limit is lowered so that the 12 x 10 images exceed it)."""
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50)
+    dm = folder_module(copy_images(tiny_images, tmp_path, "flat"), batch_size=64)
+    dm.setup("fit")
+    with pytest.raises(UserError, match=r"cannot be read as an image \(Image size \(120 pixels\)"):
+        list(dm.train_dataloader())
