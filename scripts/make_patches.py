@@ -27,7 +27,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError, features
+from PIL import Image, features
 
 SIZE = 32
 SUFFIXES = {".png", ".jpg", ".jpeg"}
@@ -124,10 +124,11 @@ def main() -> None:
         if path.stem in args.exclude:
             print(f"skipped {path.name}: excluded (--exclude), not a photograph")
             continue
-        try:
+        try:  # decoded here, so that a truncated file or a decompression bomb is skipped too
             image = Image.open(path)
-        except UnidentifiedImageError:
-            print(f"skipped {path.name}: not readable as an image")
+            image.load()
+        except (OSError, Image.DecompressionBombError) as err:  # UnidentifiedImageError too
+            print(f"skipped {path.name}: not readable as an image ({err})")
             continue
         if image.mode != "RGB" or min(image.size) < SIZE:
             why = "not RGB" if image.mode != "RGB" else f"smaller than {SIZE} x {SIZE}"

@@ -27,6 +27,8 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pixels[: height // 2] //= 8  # parts easier to compress than others
         Image.fromarray(pixels).save(folder / f"{name}.png")
     Image.fromarray(noise.integers(0, 256, (64, 64), dtype=np.uint8)).save(folder / "grey.png")
+    whole = (folder / "grey.png").read_bytes()
+    (folder / "truncated.png").write_bytes(whole[: len(whole) // 2])  # its header reads fine
     return folder
 
 
@@ -44,6 +46,7 @@ def test_whole_photographs_are_held_out_and_cut_into_patches(photos: Path, tmp_p
     patch = np.asarray(Image.open(out / "train" / "wide_02_01.png"))
     assert np.array_equal(patch, wide[64:96, 32:64])  # row 2, column 1, pixels unchanged
     assert "skipped grey.png: L" in result.stdout and "skipped tiny.png" in result.stdout
+    assert "skipped truncated.png: not readable as an image" in result.stdout
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["counts"] == {"train": 6, "test": 2}
     assert {name: p["split"] for name, p in manifest["photos"].items()} == {
